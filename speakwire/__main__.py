@@ -1,0 +1,3 @@
+from speakwire.cli import main
+
+raise SystemExit(main())

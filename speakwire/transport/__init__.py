@@ -1,0 +1,1 @@
+"""speakwire.transport."""
