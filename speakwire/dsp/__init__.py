@@ -33,7 +33,17 @@ _EXPORTS = {
     "CARTESIA_POLICY": "speed",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "CARTESIA_POLICY",
+    "DEFAULT_POLICY",
+    "KUGELAUDIO_POLICY",
+    "SPEECH_SDK_POLICY",
+    "RingBuffer",
+    "SpeedPolicy",
+    "StreamResampler",
+    "Stretcher",
+    "time_stretch",
+]
 
 
 def __getattr__(name: str) -> Any:
