@@ -61,14 +61,18 @@ class MarkupError(SpeakwireError, ValueError):
 class ProtocolError(SpeakwireError, ValueError):
     """A message that breaks the TTS WebSocket protocol.
 
-    ``field`` names the offending field (``None`` when the whole message is at fault) and
-    ``status_code`` is the HTTP-style status a server answers with (400, 401, 404, 413, 422, ...).
+    ``field`` names the offending field (``None`` when the whole message is at fault),
+    ``status_code`` is the HTTP-style status a server answers with (400, 401, 404, 413, 422, ...)
+    and ``context_id`` the context the message was for, when it could be read.
     """
 
-    def __init__(self, message: str, *, field: str | None = None, status_code: int = 400) -> None:
+    def __init__(
+        self, message: str, *, field: str | None = None, status_code: int = 400, context_id: str | None = None
+    ) -> None:
         super().__init__(message)
         self.field = field
         self.status_code = status_code
+        self.context_id = context_id
 
 
 class ContextStateError(SpeakwireError, RuntimeError):
