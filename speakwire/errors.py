@@ -17,6 +17,7 @@ __all__ = [
     "EngineError",
     "InvalidSpeedError",
     "MarkupError",
+    "PeerConnectionError",
     "ProtocolError",
     "RingOverflowError",
     "ServerError",
@@ -85,6 +86,10 @@ class RingOverflowError(SpeakwireError, BufferError):
 
 class TTSConnectionError(SpeakwireError, ConnectionError):
     """The TTS WebSocket could not be opened, or was lost."""
+
+
+class PeerConnectionError(SpeakwireError, ConnectionError):
+    """A WebRTC peer connection failed, or did not connect in time."""
 
 
 class AuthenticationError(TTSConnectionError, PermissionError):
