@@ -19,11 +19,14 @@ if TYPE_CHECKING:
         SPEECH_SDK_POLICY,
         SpeedPolicy,
     )
-    from speakwire.dsp.wsola import Stretcher, time_stretch
+    from speakwire.dsp.timemap import TimeMap
+    from speakwire.dsp.wsola import Stretcher, WsolaLayout, time_stretch
 
 _EXPORTS = {
     "Stretcher": "wsola",
     "time_stretch": "wsola",
+    "WsolaLayout": "wsola",
+    "TimeMap": "timemap",
     "StreamResampler": "resample",
     "RingBuffer": "ring",
     "SpeedPolicy": "speed",
@@ -42,6 +45,8 @@ __all__ = [
     "SpeedPolicy",
     "StreamResampler",
     "Stretcher",
+    "TimeMap",
+    "WsolaLayout",
     "time_stretch",
 ]
 

@@ -16,6 +16,7 @@ KugelAudio's labels (seed 003) are its documented factors: slow 0.8, medium 1.0,
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Literal
 
@@ -47,7 +48,8 @@ KUGELAUDIO_LABELS: dict[str, float] = {"slow": 0.8, "medium": 1.0, "fast": 1.2}
 
 
 def _require_finite_positive(speed: object) -> float:
-    if isinstance(speed, bool) or not isinstance(speed, (int, float)):
+    # numbers.Real admits numpy scalars (np.float32(1.25)); bool is an int but never a speed.
+    if isinstance(speed, bool) or not isinstance(speed, numbers.Real):
         raise InvalidSpeedError(f"speed must be a number, got {type(speed).__name__} {speed!r}")
     value = float(speed)
     if math.isnan(value) or math.isinf(value):
@@ -117,7 +119,7 @@ def cartesia_experimental_speed(value: object) -> float:
                 f"{', '.join(CARTESIA_LABELS)} or a number in [-1, 1]"
             )
         return 2.0 ** CARTESIA_LABELS[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise InvalidSpeedError(f"__experimental_controls speed must be a name or a finite number, got {value!r}")
     if not -1.0 <= float(value) <= 1.0:
         raise InvalidSpeedError(f"__experimental_controls speed {value!r} is outside [-1, 1]")

@@ -99,3 +99,14 @@ def test_kugelaudio_labels_and_numbers() -> None:
     with pytest.raises(InvalidSpeedError):
         kugelaudio_speed("nan")
     assert kugelaudio_speed("1.4", DEFAULT_POLICY) == 1.4
+
+
+def test_numpy_scalars_are_numbers_but_numpy_bools_are_not() -> None:
+    import numpy as np
+
+    assert DEFAULT_POLICY.apply(np.float32(1.25)) == 1.25
+    assert DEFAULT_POLICY.apply(np.int64(1)) == 1.0
+    with pytest.raises(InvalidSpeedError):
+        DEFAULT_POLICY.apply(np.float64("nan"))
+    with pytest.raises(InvalidSpeedError):
+        DEFAULT_POLICY.apply(np.bool_(True))
