@@ -28,6 +28,44 @@ def _cmd_stretch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import contextlib
+    import os
+    import signal
+
+    from speakwire.server import ServerLimits, TTSServer
+
+    if args.engine != "espeak":
+        from speakwire.errors import EngineError
+
+        raise EngineError(f"engine {args.engine!r} is not available yet; use --engine espeak")
+    from speakwire.server.espeak import EspeakEngine
+
+    # An empty key (SPEAKWIRE_API_KEY= in an env file) means no key: no client can send an empty one.
+    api_key = args.api_key or os.environ.get("SPEAKWIRE_API_KEY") or None
+    idle = args.idle_timeout if args.idle_timeout > 0 else None
+
+    async def serve() -> None:
+        with EspeakEngine(voice=args.voice) as engine:
+            server = TTSServer(args.host, args.port, api_key=api_key, engine=engine,
+                               limits=ServerLimits(idle_timeout=idle))
+            await server.start()
+            # SIGTERM (service managers, containers) closes connections cleanly, like Ctrl-C.
+            stop = asyncio.Event()
+            with contextlib.suppress(NotImplementedError):
+                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+            auth = "API key required" if api_key else "no API key: anyone on this host may connect"
+            print(f"speakwire: serving {server.url} (espeak-ng {engine.version}, {auth})", flush=True)
+            try:
+                await stop.wait()
+            finally:
+                await server.close()
+
+    asyncio.run(serve())
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="speakwire", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -37,6 +75,17 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="16-bit PCM WAV out (mono)")
     p.add_argument("--speed", type=float, default=1.25, help="speed factor, 0.5 to 2.0 (default 1.25)")
     p.set_defaults(func=_cmd_stretch)
+
+    p = sub.add_parser("serve", help="run the local Cartesia-compatible TTS WebSocket server")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this host only)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    p.add_argument("--engine", choices=["espeak", "piper"], default="espeak", help="speech engine (default espeak)")
+    p.add_argument("--voice", default="en-us", help="espeak-ng voice (default en-us)")
+    p.add_argument("--api-key", default=None,
+                   help="require this key (default: $SPEAKWIRE_API_KEY; unset: no key needed)")
+    p.add_argument("--idle-timeout", type=float, default=300.0,
+                   help="close connections idle this many seconds (default 300; 0: never)")
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 

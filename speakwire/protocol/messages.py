@@ -430,9 +430,9 @@ def _to_wire(msg: ClientMessage | ServerMessage) -> dict[str, Any]:
     if isinstance(msg, Done):
         return {"type": "done", "context_id": msg.context_id, "done": True, "status_code": msg.status_code}
     if isinstance(msg, ErrorMessage):
-        out: dict[str, Any] = {"type": "error"}
-        if msg.context_id is not None:
-            out["context_id"] = msg.context_id
+        # A connection-level error still carries the key, as null: pipecat reads msg["context_id"]
+        # unguarded, and a missing key costs it a KeyError and a reconnect.
+        out: dict[str, Any] = {"type": "error", "context_id": msg.context_id}
         out.update(done=True, status_code=msg.status_code, error=msg.error, title=msg.title, message=msg.message)
         return out
     raise TypeError(f"encode() takes a protocol message, got {type(msg).__name__}")
@@ -441,7 +441,7 @@ def _to_wire(msg: ClientMessage | ServerMessage) -> dict[str, Any]:
 def encode(msg: ClientMessage | ServerMessage) -> str:
     """Serialise ``msg`` to its compact JSON text frame.
 
-    Server messages always carry ``type``, ``context_id`` (except a connection-level error),
+    Server messages always carry ``type``, ``context_id`` (null on a connection-level error),
     ``done`` and ``status_code``. A non-finite float in ``msg`` raises :class:`ProtocolError`
     (422): JSON has no NaN, and the peer's decoder would refuse it.
     """

@@ -411,7 +411,10 @@ def test_error_wire_form_serves_both_sdks() -> None:
         "title": "Unprocessable Entity",
         "message": "bad encoding",
     }
-    assert "context_id" not in json.loads(encode(ErrorMessage(400, "Bad Request", "not JSON")))
+    connection_level = ErrorMessage(400, "Bad Request", "not JSON")
+    # null, not absent: pipecat indexes msg["context_id"] unguarded.
+    assert json.loads(encode(connection_level))["context_id"] is None
+    assert decode_response(encode(connection_level)) == connection_level
 
 
 def test_error_from_exception() -> None:

@@ -1,0 +1,122 @@
+"""Handshake admission: the path, the API key in any of the four places clients put it, and redaction.
+
+Clients present the key in four ways (protocol.md): SDK 4.x sends ``Authorization: Bearer <key>``,
+pipecat and livekit send ``X-API-Key``, SDK 2.x puts ``?api_key=`` in the URL and browsers use
+``?access_token=``. Any of them is accepted; the comparison is constant-time so response timing does
+not leak how much of a guess was right. The version (``Cartesia-Version`` header in any casing, or
+``?cartesia_version``) is never checked: every client pins a different date.
+
+The key travels in the request line for the query forms, so anything that logs the request could
+leak it: :class:`RedactingLogger` scrubs it from every record of the server's logger.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
+
+__all__ = ["TTS_PATH", "Admission", "RedactingLogger", "admit", "presented_keys"]
+
+#: The one path the server answers on.
+TTS_PATH = "/tts/websocket"
+
+_QUERY_KEYS = ("api_key", "access_token")
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The handshake verdict: ``status`` 101 admits, 401 and 404 refuse with ``reason``."""
+
+    status: int
+    reason: str
+
+    @property
+    def admitted(self) -> bool:
+        """True when the WebSocket upgrade may go ahead."""
+        return self.status == 101
+
+
+def presented_keys(headers: Iterable[tuple[str, str]], query: str) -> list[str]:
+    """Every credential the request carries: ``X-API-Key``, ``Authorization: Bearer``, query keys."""
+    keys: list[str] = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == "x-api-key":
+            keys.append(value.strip())
+        elif lowered == "authorization":
+            scheme, _, token = value.strip().partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                keys.append(token.strip())
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name in _QUERY_KEYS:
+            keys.append(value)
+    return keys
+
+
+def admit(path: str, headers: Iterable[tuple[str, str]], api_key: str | None) -> Admission:
+    """Decide a handshake for request target ``path`` (path plus query) against ``api_key``.
+
+    Without an ``api_key`` every request to :data:`TTS_PATH` is admitted. Reasons never echo
+    what the client sent.
+    """
+    target = urlsplit(path)
+    if target.path.rstrip("/") != TTS_PATH:
+        return Admission(404, f"Not Found: the TTS WebSocket is at {TTS_PATH}")
+    if api_key is None:
+        return Admission(101, "Switching Protocols")
+    expected = api_key.encode()
+    # Compare against every presented key (no early exit) so timing does not tell which one matched.
+    matched = False
+    for key in presented_keys(headers, target.query):
+        matched |= hmac.compare_digest(key.encode(), expected)
+    if not matched:
+        return Admission(
+            401,
+            "Unauthorized: send the API key as X-API-Key, Authorization: Bearer, ?api_key or ?access_token",
+        )
+    return Admission(101, "Switching Protocols")
+
+
+class RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger that replaces ``secret`` with ``***`` in every message it emits.
+
+    The URL-encoded forms are scrubbed too: a key with ``+`` or ``/`` reaches the request line
+    percent-encoded. Tracebacks are reduced to the exception's type and scrubbed text, since a
+    frame's locals or the request line could quote the key.
+    """
+
+    def __init__(self, logger: logging.Logger, secret: str | None) -> None:
+        super().__init__(logger, {})
+        # Longest first, so that no form is left half replaced by a shorter one.
+        forms = {secret, quote(secret, safe=""), quote_plus(secret)} if secret else set()
+        self._forms = sorted(forms, key=len, reverse=True)
+
+    def _scrub(self, text: str) -> str:
+        for form in self._forms:
+            text = text.replace(form, "***")
+        return text
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        """Log with the secret scrubbed from the fully formatted message."""
+        if not self.isEnabledFor(level):
+            return
+        if self._forms:
+            try:
+                text = str(msg) % args if args else str(msg)
+            except (TypeError, ValueError):
+                text = " ".join([str(msg), *map(str, args)])
+            exc_info = kwargs.pop("exc_info", None)
+            if exc_info:
+                if exc_info is True:
+                    exc_info = sys.exc_info()
+                if isinstance(exc_info, BaseException):
+                    exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+                if isinstance(exc_info, tuple) and exc_info[1] is not None:
+                    text = f"{text}: {type(exc_info[1]).__name__}: {exc_info[1]}"
+            msg, args = self._scrub(text), ()
+        self.logger.log(level, msg, *args, **kwargs)
