@@ -28,6 +28,58 @@ def _cmd_stretch(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _say(text: str, speed: float, sample_rate: int) -> tuple[object, list[tuple[str, float]], float]:
+    """Speak ``text`` through the embedded server and the client, stretched locally; return
+    (samples, words with their rescaled start times, seconds to the first audio)."""
+    import time
+
+    import numpy as np
+
+    from speakwire.dsp import pcm
+    from speakwire.dsp.wsola import Stretcher
+    from speakwire.protocol.messages import Chunk, OutputFormat, WordTimestamps
+    from speakwire.server import TTSServer
+    from speakwire.transport.websocket import TTSConnection
+
+    stretcher = Stretcher(sample_rate, speed)
+    pieces: list[np.ndarray] = []
+    words: list[tuple[str, float]] = []
+    first_audio = float("nan")
+    async with TTSServer("127.0.0.1", 0) as server, TTSConnection(server.url) as conn:
+        # f32 from the server: stretch before quantising, as the pipecat plugin does.
+        ctx = conn.context(voice="default", output_format=OutputFormat("pcm_f32le", sample_rate), add_timestamps=True)
+        started = time.perf_counter()
+        await ctx.push(text)
+        await ctx.no_more_inputs()
+        async for event in ctx:
+            if isinstance(event, Chunk):
+                if not pieces:
+                    first_audio = time.perf_counter() - started
+                pieces.append(stretcher.process(pcm.decode(event.audio, "pcm_f32le")))
+            elif isinstance(event, WordTimestamps):
+                words.extend(
+                    (word, stretcher.output_time(start)) for word, start in zip(event.words, event.start, strict=True)
+                )
+    pieces.append(stretcher.flush())
+    return np.concatenate(pieces), words, first_audio
+
+
+def _cmd_say(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from speakwire.dsp.speed import DEFAULT_POLICY
+    from speakwire.wavfile import write_wav
+
+    speed = DEFAULT_POLICY.apply(args.speed)
+    samples, words, first_audio = asyncio.run(_say(args.text, speed, args.sample_rate))
+    write_wav(args.output, samples, args.sample_rate)
+    duration = len(samples) / args.sample_rate  # type: ignore[arg-type]
+    print(f"{args.output}: {duration:.2f} s at {args.sample_rate} Hz, speed {speed}, "
+          f"first audio after {first_audio * 1000:.1f} ms (embedded espeak-ng server)")
+    print("words: " + " ".join(f"{word}@{start:.2f}s" for word, start in words))
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
     import contextlib
@@ -75,6 +127,14 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="16-bit PCM WAV out (mono)")
     p.add_argument("--speed", type=float, default=1.25, help="speed factor, 0.5 to 2.0 (default 1.25)")
     p.set_defaults(func=_cmd_stretch)
+
+    p = sub.add_parser("say", help="speak text through the embedded server into a WAV, speed applied locally")
+    p.add_argument("text", help="what to say (inline markup such as <break time=\"500ms\"/> works)")
+    p.add_argument("output", help="16-bit PCM WAV out")
+    p.add_argument("--speed", type=float, default=1.0, help="speed factor, 0.5 to 2.0 (default 1.0)")
+    p.add_argument("--sample-rate", type=int, default=24000, choices=[8000, 16000, 22050, 24000, 44100, 48000],
+                   help="output sample rate (default 24000)")
+    p.set_defaults(func=_cmd_say)
 
     p = sub.add_parser("serve", help="run the local Cartesia-compatible TTS WebSocket server")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this host only)")
