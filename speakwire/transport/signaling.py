@@ -1,0 +1,302 @@
+"""WebRTC signaling over one HTTP route: ``POST /offer`` with ``{"sdp", "type"}``, answered in kind.
+
+The shape is pipecat's SmallWebRTC one (``{"sdp": ..., "type": "offer"}`` in, ``{"sdp": ...,
+"type": "answer", "pc_id": ...}`` out), so a SmallWebRTC browser client can talk to it. There is no
+trickle ICE: aiortc gathers every candidate before it answers, so one round trip connects.
+
+The app owner supplies a callback receiving each new :class:`~aiortc.RTCPeerConnection` *before*
+the offer is applied, so it can ``addTrack`` a :class:`~speakwire.transport.track.RingBufferAudioTrack`,
+or create a transceiver and force a codec with ``setCodecPreferences`` (after
+``setRemoteDescription`` aiortc silently ignores that), and register ``"track"`` handlers for the
+caller's microphone. Peers that fail or close are forgotten; the rest are closed on shutdown.
+
+Loopback by default (the team rule: WebRTC traffic must not leave 127.0.0.0/8): the HTTP server
+binds 127.0.0.1, peers get ``iceServers=[]`` (aiortc otherwise asks a public STUN server), the
+answer's only host candidate is 127.0.0.1 (aioice never offers it by itself), and offered
+candidates outside 127.0.0.0/8, mDNS ``.local`` names included, are stripped before aiortc sees
+them. Chromium signals no loopback candidate at all and still connects, as peer-reflexive, when it
+checks ours. ``loopback_only=False`` lifts all of that but the bind address, which is the caller's
+choice.
+
+Bad requests get HTTP 400 with ``{"error": message, "field": name}``; ``field`` is ``null`` when
+the whole body is at fault. Bodies are bounded (64 KiB by default) and so is the number of live
+peers (HTTP 503 beyond it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import ipaddress
+import json
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Final, Self
+
+from aiohttp import web
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from speakwire.transport.loopback import loopback_candidates, loopback_configuration
+
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_PEERS",
+    "OfferEndpoint",
+    "PeerCallback",
+    "SignalingServer",
+    "strip_non_loopback_candidates",
+]
+
+_log = logging.getLogger(__name__)
+
+#: A callback given each new peer before the offer is applied; it may be a coroutine function.
+PeerCallback = Callable[[RTCPeerConnection], Awaitable[None] | None]
+
+#: Largest request body accepted. Browser offers are 3-8 KB; this leaves room for many m-lines.
+DEFAULT_MAX_BODY_BYTES: Final = 64 * 1024
+#: Live peers one endpoint holds before answering 503.
+DEFAULT_MAX_PEERS: Final = 64
+
+_CANDIDATE_LINE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ (\S+) \d+ typ \S+.*$")
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        # Host names (mDNS "<uuid>.local" from browsers) would need resolving off-loopback.
+        return False
+
+
+def strip_non_loopback_candidates(sdp: str) -> str:
+    """``sdp`` without the ``a=candidate`` lines whose address is not in 127.0.0.0/8 or ``::1``.
+
+    Every other line, line endings included, is kept as is.
+    """
+    lines = sdp.splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        match = _CANDIDATE_LINE.match(line.rstrip("\r\n"))
+        if match is None or _is_loopback(match.group(1)):
+            kept.append(line)
+    return "".join(kept)
+
+
+class _BadRequest(Exception):
+    def __init__(self, message: str, field: str | None, status: int = 400) -> None:
+        super().__init__(message)
+        self.field = field
+        self.status = status
+
+
+def _error(message: str, field: str | None, status: int) -> web.Response:
+    return web.json_response({"error": message, "field": field}, status=status)
+
+
+class OfferEndpoint:
+    """The ``POST /offer`` handler and the peers it created.
+
+    ``on_peer`` is called (and awaited if it returns an awaitable) with each new peer before its
+    offer is applied. ``configuration`` defaults to ``RTCConfiguration(iceServers=[])``.
+    ``loopback_only`` strips non-loopback candidates from offers and answers from 127.0.0.1 only.
+    Install it in an app with :meth:`install`, or use :class:`SignalingServer`.
+    """
+
+    def __init__(
+        self,
+        on_peer: PeerCallback,
+        *,
+        configuration: RTCConfiguration | None = None,
+        loopback_only: bool = True,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_peers: int = DEFAULT_MAX_PEERS,
+    ) -> None:
+        if max_body_bytes <= 0:
+            raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes!r}")
+        if max_peers <= 0:
+            raise ValueError(f"max_peers must be positive, got {max_peers!r}")
+        self._on_peer = on_peer
+        self._configuration = configuration
+        self._loopback_only = loopback_only
+        self._max_body = max_body_bytes
+        self._max_peers = max_peers
+        self._peers: dict[str, RTCPeerConnection] = {}
+
+    @property
+    def peers(self) -> dict[str, RTCPeerConnection]:
+        """The live peers by ``pc_id`` (a copy)."""
+        return dict(self._peers)
+
+    def install(self, app: web.Application, path: str = "/offer") -> None:
+        """Add ``POST path`` to ``app`` and close this endpoint's peers when ``app`` shuts down."""
+        app.router.add_post(path, self.handle_offer)
+        app.on_shutdown.append(self._on_shutdown)
+
+    async def _on_shutdown(self, _app: web.Application) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close every live peer (idempotent)."""
+        peers = list(self._peers.values())
+        self._peers.clear()
+        await asyncio.gather(*(pc.close() for pc in peers), return_exceptions=True)
+
+    async def handle_offer(self, request: web.Request) -> web.Response:
+        """Answer one offer; see the module docstring for the request and response shapes."""
+        try:
+            offer = await self._read_offer(request)
+        except _BadRequest as bad:
+            return _error(str(bad), bad.field, bad.status)
+        if len(self._peers) >= self._max_peers:
+            return _error(f"too many peers: at most {self._max_peers} may be connected", None, 503)
+        pc = RTCPeerConnection(self._configuration or loopback_configuration())
+        pc_id = uuid.uuid4().hex
+        self._peers[pc_id] = pc
+        self._forget_when_done(pc_id, pc)
+        try:
+            result = self._on_peer(pc)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            _log.exception("on_peer callback failed for peer %s", pc_id)
+            await self._drop(pc_id)
+            return _error("the application could not set up the peer", None, 500)
+        try:
+            await pc.setRemoteDescription(offer)
+        except Exception as exc:  # aiortc raises ValueError and others on SDP it cannot use
+            await self._drop(pc_id)
+            return _error(f"the offer's SDP cannot be used: {exc}", "sdp", 400)
+        try:
+            if self._loopback_only:
+                with loopback_candidates():
+                    await pc.setLocalDescription(await pc.createAnswer())
+            else:
+                await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:
+            await self._drop(pc_id)
+            return _error(f"no answer could be made for the offer: {exc}", "sdp", 400)
+        answer = pc.localDescription
+        return web.json_response({"sdp": answer.sdp, "type": answer.type, "pc_id": pc_id})
+
+    async def _read_offer(self, request: web.Request) -> RTCSessionDescription:
+        if request.content_length is not None and request.content_length > self._max_body:
+            raise _BadRequest(f"body of {request.content_length} bytes exceeds {self._max_body}", None, 413)
+        body = await request.content.read(self._max_body + 1)
+        if len(body) > self._max_body:
+            raise _BadRequest(f"body exceeds {self._max_body} bytes", None, 413)
+        try:
+            data = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise _BadRequest(f"body is not valid JSON: {exc}", None) from None
+        if not isinstance(data, dict):
+            raise _BadRequest(f"body must be a JSON object, got {type(data).__name__}", None)
+        for name in ("sdp", "type"):
+            if name not in data:
+                raise _BadRequest(f"missing field {name!r}", name)
+            if not isinstance(data[name], str):
+                raise _BadRequest(f"field {name!r} must be a string, got {type(data[name]).__name__}", name)
+        if data["type"] != "offer":
+            raise _BadRequest(f"field 'type' must be 'offer', got {data['type']!r}", "type")
+        sdp = data["sdp"]
+        if not sdp.startswith("v=0"):
+            raise _BadRequest("field 'sdp' is not a session description (it must start with 'v=0')", "sdp")
+        if self._loopback_only:
+            sdp = strip_non_loopback_candidates(sdp)
+        return RTCSessionDescription(sdp=sdp, type="offer")
+
+    def _forget_when_done(self, pc_id: str, pc: RTCPeerConnection) -> None:
+        @pc.on("connectionstatechange")
+        async def _changed() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await self._drop(pc_id)
+
+    async def _drop(self, pc_id: str) -> None:
+        pc = self._peers.pop(pc_id, None)
+        if pc is not None:
+            await pc.close()
+
+
+class SignalingServer:
+    """An aiohttp server with one :class:`OfferEndpoint` at ``path``, bound to 127.0.0.1 by default.
+
+    ``port=0`` picks a free port (read :attr:`port` or :attr:`url` after start). Use it as an
+    async context manager, or call :meth:`start` and :meth:`close`; closing shuts the HTTP server
+    down and closes every peer. Other keyword arguments go to :class:`OfferEndpoint`.
+    """
+
+    def __init__(
+        self,
+        on_peer: PeerCallback,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        path: str = "/offer",
+        configuration: RTCConfiguration | None = None,
+        loopback_only: bool = True,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_peers: int = DEFAULT_MAX_PEERS,
+    ) -> None:
+        self.endpoint: Final = OfferEndpoint(
+            on_peer,
+            configuration=configuration,
+            loopback_only=loopback_only,
+            max_body_bytes=max_body_bytes,
+            max_peers=max_peers,
+        )
+        self._host = host
+        self._requested_port = port
+        self._path = path
+        self._max_body = max_body_bytes
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (raises ``RuntimeError`` before :meth:`start`)."""
+        if self._port is None:
+            raise RuntimeError("the signaling server is not started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """The offer URL, e.g. ``http://127.0.0.1:8765/offer``."""
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self.port}{self._path}"
+
+    async def start(self) -> None:
+        """Bind and start serving."""
+        if self._runner is not None:
+            return
+        app = web.Application(client_max_size=self._max_body)
+        self.endpoint.install(app, self._path)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self._requested_port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
+
+    async def close(self) -> None:
+        """Stop serving and close every peer (idempotent)."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
+        await self.endpoint.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
