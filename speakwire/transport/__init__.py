@@ -4,6 +4,8 @@
   client (many :class:`Context` turns on one socket, keepalive, bounded reconnect, backpressure).
 - :mod:`speakwire.transport.track`: :class:`RingBufferAudioTrack`, an aiortc audio track fed from a
   ring buffer and paced in real time; :mod:`speakwire.transport.loopback`: WebRTC on 127.0.0.1 only.
+- :mod:`speakwire.transport.signaling`: :class:`SignalingServer` / :class:`OfferEndpoint`, the
+  ``POST /offer`` route (aiohttp) that answers a browser's or aiortc peer's offer.
 
 The WebRTC names are imported lazily, so that using the WebSocket client does not load aiortc.
 """
@@ -24,6 +26,7 @@ from speakwire.transport.websocket import (
 
 if TYPE_CHECKING:
     from speakwire.transport.loopback import LoopbackCall, connect_loopback, loopback_configuration
+    from speakwire.transport.signaling import OfferEndpoint, SignalingServer, strip_non_loopback_candidates
     from speakwire.transport.track import TRACK_SAMPLE_RATES, PlayedMark, RingBufferAudioTrack, TrackStats
 
 _LAZY = {
@@ -34,6 +37,9 @@ _LAZY = {
     "LoopbackCall": "loopback",
     "connect_loopback": "loopback",
     "loopback_configuration": "loopback",
+    "OfferEndpoint": "signaling",
+    "SignalingServer": "signaling",
+    "strip_non_loopback_candidates": "signaling",
 }
 
 __all__ = [
@@ -42,14 +48,17 @@ __all__ = [
     "ConnectionStats",
     "Context",
     "LoopbackCall",
+    "OfferEndpoint",
     "PlayedMark",
     "ReconnectPolicy",
     "RingBufferAudioTrack",
+    "SignalingServer",
     "TTSConnection",
     "TTSEvent",
     "TrackStats",
     "connect_loopback",
     "loopback_configuration",
+    "strip_non_loopback_candidates",
 ]
 
 
