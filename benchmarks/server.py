@@ -35,12 +35,11 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from results import write_section
 from websockets.asyncio.client import ClientConnection, connect
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 SENTENCE = "Hello there."
 VOICE = {"mode": "id", "id": "a0e99841-438c-4a64-b679-ae501e7d6091"}
 FORMAT = {"container": "raw", "encoding": "pcm_s16le", "sample_rate": 24000}
@@ -213,16 +212,6 @@ def _table(rows: list[tuple[str, dict[str, tuple[float, float]]]], reps: int) ->
     return "\n".join(lines)
 
 
-def _write(body: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    start = text.find("\n## Server\n")
-    section = f"\n## Server\n\n{body}\n"
-    if start < 0:
-        text = text.rstrip("\n") + "\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end:] if end >= 0 else "")
-    RESULTS.write_text(text)
 
 
 def main() -> None:
@@ -248,7 +237,7 @@ def main() -> None:
     body = _table(rows, args.reps)
     print(body)
     if not args.no_write:
-        _write(body)
+        write_section("Server", body)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from pipecat.frames.frames import EndFrame, InterruptionFrame, OutputAudioRawFrame, StartFrame, TTSAudioRawFrame
@@ -46,6 +45,7 @@ from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import TransportParams
 from pipecat.transports.smallwebrtc.transport import RawAudioTrack
 from pipecat.workers.runner import WorkerRunner
+from results import RESULTS, write_section
 
 from speakwire.dsp.pcm import float_to_s16
 from speakwire.dsp.resample import resample
@@ -54,7 +54,6 @@ from speakwire.plugin.track_output import TrackOutputProcessor
 from speakwire.server.espeak import EspeakEngine
 from speakwire.transport.track import RingBufferAudioTrack
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 TTS_RATE = 24000
 TRACK_RATE = 16000
 SPEED = 1.25
@@ -384,16 +383,6 @@ def concurrent_table(results: dict[str, Rows]) -> str:
     return "\n".join(lines)
 
 
-def write_section(body: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    start = text.find("\n## WebRTC\n")
-    section = f"\n## WebRTC\n\n{body}\n"
-    if start < 0:
-        text = text.rstrip("\n") + "\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end:] if end >= 0 else "")
-    RESULTS.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -438,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
             "the 60 ms queue allows.\n\n" + table
         )
     if parts and not args.no_write:
-        write_section("\n\n".join(parts))
+        write_section("WebRTC", "\n\n".join(parts))
         print(f"\nwritten to {RESULTS}")
     return 0
 

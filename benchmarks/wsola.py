@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import soxr
+from results import RESULTS, write_section
 
 from speakwire.dsp.wsola import Stretcher, time_stretch
 
 RATES = (16000, 44100)
 SPEEDS = (0.75, 1.25, 1.5)
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
 TEXT = (
     "Speed control matters in voice agents. Some callers want the assistant to slow down and spell "
@@ -186,16 +186,6 @@ def quality_table() -> str:
     return "\n".join(lines)
 
 
-def write_section(body: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    start = text.find("\n## WSOLA\n")
-    section = f"\n## WSOLA\n\n{body}\n"
-    if start < 0:
-        text = text.rstrip("\n") + "\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end:] if end >= 0 else "")
-    RESULTS.write_text(text)
 
 
 def main() -> None:
@@ -239,7 +229,7 @@ def main() -> None:
             "bursts after silences vs the ideal map.\n\n" + quality
         )
     if not args.no_write:
-        write_section(body)
+        write_section("WSOLA", body)
         print(f"\nwritten to {RESULTS}")
 
 
