@@ -87,19 +87,28 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import signal
 
     from speakwire.server import ServerLimits, TTSServer
+    from speakwire.server.engine import Engine
 
-    if args.engine != "espeak":
-        from speakwire.errors import EngineError
+    def make_engine() -> tuple[Engine, str]:
+        if args.engine == "piper":
+            from speakwire.server.piper import PiperEngine
 
-        raise EngineError(f"engine {args.engine!r} is not available yet; use --engine espeak")
-    from speakwire.server.espeak import EspeakEngine
+            # --voice defaults to espeak's "en-us": for piper that means the default (joe) voice;
+            # anything else is the path of a Piper .onnx model.
+            piper = PiperEngine(voice=None if args.voice == "en-us" else args.voice)
+            return piper, f"piper-tts {piper.version}, voice {piper.voice}"
+        from speakwire.server.espeak import EspeakEngine
+
+        espeak = EspeakEngine(voice=args.voice)
+        return espeak, f"espeak-ng {espeak.version}"
 
     # An empty key (SPEAKWIRE_API_KEY= in an env file) means no key: no client can send an empty one.
     api_key = args.api_key or os.environ.get("SPEAKWIRE_API_KEY") or None
     idle = args.idle_timeout if args.idle_timeout > 0 else None
 
     async def serve() -> None:
-        with EspeakEngine(voice=args.voice) as engine:
+        engine, described = make_engine()
+        try:
             server = TTSServer(args.host, args.port, api_key=api_key, engine=engine,
                                limits=ServerLimits(idle_timeout=idle))
             await server.start()
@@ -108,11 +117,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             with contextlib.suppress(NotImplementedError):
                 asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
             auth = "API key required" if api_key else "no API key: anyone on this host may connect"
-            print(f"speakwire: serving {server.url} (espeak-ng {engine.version}, {auth})", flush=True)
+            print(f"speakwire: serving {server.url} ({described}, {auth})", flush=True)
             try:
                 await stop.wait()
             finally:
                 await server.close()
+        finally:
+            engine.close()
 
     asyncio.run(serve())
     return 0
