@@ -151,7 +151,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this host only)")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
     p.add_argument("--engine", choices=["espeak", "piper"], default="espeak", help="speech engine (default espeak)")
-    p.add_argument("--voice", default="en-us", help="espeak-ng voice (default en-us)")
+    p.add_argument("--voice", default="en-us",
+                   help="espeak-ng voice (default en-us); with --engine piper, the path of a .onnx model")
     p.add_argument("--api-key", default=None,
                    help="require this key (default: $SPEAKWIRE_API_KEY; unset: no key needed)")
     p.add_argument("--idle-timeout", type=float, default=300.0,

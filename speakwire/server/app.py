@@ -84,6 +84,7 @@ from speakwire.server.engine import (
     WordTiming,
 )
 from speakwire.server.espeak import EspeakEngine
+from speakwire.server.piper import PiperEngine
 from speakwire.server.segmenter import DEFAULT_MAX_DELAY, Pause, Segmenter, Unit
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ServerLimits", "TTSServer"]
@@ -203,13 +204,28 @@ class TTSServer:
     async def _engine_for(self, language: str | None) -> Engine:
         """The engine for a context's ``language``: with espeak, that language's voice.
 
-        Other engines, no language, or the default engine's own language: :attr:`engine`.
-        Raises :class:`ProtocolError` (422, field ``language``) when espeak has no such voice.
+        No language, or the default engine's own language: :attr:`engine`. Piper speaks only its
+        model's language (any region of it: ``en-US``, ``en-GB`` for an English voice); other
+        engines take any language. Raises :class:`ProtocolError` (422, field ``language``)
+        naming the language and the engine when espeak has no such voice, or Piper's model
+        speaks another language.
         """
         engine = self.engine
-        if not language or not isinstance(engine, EspeakEngine):
+        if not language:
             return engine
         code = language.strip().lower()
+        if isinstance(engine, PiperEngine):
+            base = _voice_language(code.replace("_", "-"))
+            if _ESPEAK_VOICES.get(base, base) != _ESPEAK_VOICES.get(engine.language, engine.language):
+                raise ProtocolError(
+                    f"language {language!r} is not available with the piper engine"
+                    f" (voice {engine.voice} speaks {engine.language!r})",
+                    field="language",
+                    status_code=422,
+                )
+            return engine
+        if not isinstance(engine, EspeakEngine):
+            return engine
         if code == _voice_language(engine.voice):
             return engine
         voice = _ESPEAK_VOICES.get(code, code)

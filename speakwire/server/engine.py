@@ -14,24 +14,32 @@ callback in progress to return, which is what makes "no event after cancel" hold
 
 :class:`SynthJob` is the handle a caller gets; :class:`FairQueue` (pure) and :class:`JobWorker`
 (its thread) run jobs round-robin by owner, so concurrent contexts take turns a sentence at a
-time. ``submit``, ``cancel``, ``cancel_owner`` and ``close`` may be called from any thread.
+time. :class:`WorkerEngine` is the front end engines share on top of a worker (submit, cancel,
+synthesize, close); each engine adds its own payload, text cleaning and description.
+``submit``, ``cancel``, ``cancel_owner`` and ``close`` may be called from any thread.
 Nothing here imports asyncio: the server wraps these thread-side objects itself.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
+from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
-from typing import Generic, Literal, Protocol, TypeVar, runtime_checkable
+from types import TracebackType
+from typing import ClassVar, Generic, Literal, Protocol, Self, TypeVar, runtime_checkable
 
 import numpy as np
 
-from speakwire.errors import EngineError
+from speakwire.errors import EngineError, InvalidSpeedError
 
 __all__ = [
+    "DEFAULT_RATE_WPM",
+    "MAX_RATE_WPM",
+    "MIN_RATE_WPM",
     "AudioEvent",
     "EndEvent",
     "Engine",
@@ -42,13 +50,21 @@ __all__ = [
     "JobState",
     "JobWorker",
     "PhonemeTiming",
+    "ProcessWide",
     "SynthJob",
     "SynthResult",
     "WordTiming",
     "WordsEvent",
+    "WorkerEngine",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: The speaking rates ``rate_wpm`` may ask for, and the default, in words per minute: espeak-ng's
+#: own limits (espeakRATE), which Piper maps onto its phoneme durations.
+MIN_RATE_WPM = 80
+MAX_RATE_WPM = 450
+DEFAULT_RATE_WPM = 175
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +267,11 @@ class SynthJob:
                 return False
             # The callback may have cancelled its own job.
             return self._state not in _TERMINAL
+
+    def finish(self, words: list[WordTiming], phonemes: list[PhonemeTiming], total_samples: int) -> None:
+        """Deliver the job's timings, then its :class:`EndEvent` (unless the job ended meanwhile)."""
+        if self.deliver(WordsEvent(words, phonemes)):
+            self.deliver(EndEvent(total_samples))
 
     def _settle(self, state: JobState) -> None:
         if self._state not in _TERMINAL:
@@ -472,6 +493,152 @@ class JobWorker:
             finally:
                 with self._cond:
                     self._current = None
+
+
+class ProcessWide(Generic[T]):
+    """The one instance of ``factory()`` in this process, made on the first :meth:`get`.
+
+    For what engines share process-wide (a library, its worker thread, loaded models): threads
+    racing to the first ``get`` wait for a single ``factory`` call, so ``factory`` runs before any
+    caller can use its result. If ``factory`` raises, the next ``get`` tries again.
+    """
+
+    def __init__(self, factory: Callable[[], T]) -> None:
+        self._factory = factory
+        self._instance: T | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> T:
+        """The instance, made now if this is the first call (or every earlier one failed)."""
+        with self._lock:
+            if self._instance is None:
+                self._instance = self._factory()
+            return self._instance
+
+
+def _check_rate(rate_wpm: object) -> int | None:
+    if rate_wpm is None:
+        return None
+    if isinstance(rate_wpm, bool) or not isinstance(rate_wpm, int):
+        raise InvalidSpeedError(f"rate_wpm must be an int, got {type(rate_wpm).__name__} {rate_wpm!r}")
+    if not MIN_RATE_WPM <= rate_wpm <= MAX_RATE_WPM:
+        raise InvalidSpeedError(f"rate_wpm {rate_wpm} is outside [{MIN_RATE_WPM}, {MAX_RATE_WPM}]")
+    return rate_wpm
+
+
+class WorkerEngine(ABC):
+    """An :class:`Engine` whose jobs run on a shared :class:`JobWorker`: the part every such engine has.
+
+    A subclass sets :attr:`name`, provides ``sample_rate`` and ``voice`` and, if its worker needs
+    the text cleaned before it can tell that nothing is left to say, :meth:`_clean_text`; its
+    ``__init__`` calls this one last, with the worker and the payload every job of this engine
+    hands to the worker's ``run``. Engines are cheap handles on a worker: jobs of all engines on
+    one worker share its queue, keyed by ``(engine id, owner)``, so owners take turns across them.
+    """
+
+    name: ClassVar[str]
+    # One counter for every engine class: an id names one engine whatever worker it feeds.
+    _ids: ClassVar[Iterator[int]] = itertools.count(1)
+
+    def __init__(self, worker: JobWorker, payload: object) -> None:
+        self._worker = worker
+        self._payload = payload
+        self._id = next(WorkerEngine._ids)
+        self._closed = False
+        worker.attach()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<{type(self).__name__} voice={self.voice!r} {state}>"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    @abstractmethod
+    def sample_rate(self) -> int:
+        """Sample rate of every AudioEvent, in Hz."""
+
+    @property
+    @abstractmethod
+    def voice(self) -> str:
+        """The voice this engine speaks with."""
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
+
+    @staticmethod
+    def _clean_text(text: str) -> str:
+        """``text`` as the worker will synthesise it (an engine that rewrites text overrides this)."""
+        return text
+
+    def submit(
+        self,
+        text: str,
+        *,
+        owner: Hashable,
+        on_event: EventCallback,
+        rate_wpm: int | None = None,
+        phonemes: bool = False,
+    ) -> SynthJob:
+        """Queue ``text`` (one sentence or clause) for ``owner``; returns the job at once.
+
+        ``on_event`` is called on the worker thread with AudioEvents as the engine produces them,
+        then one WordsEvent, then one EndEvent (or one ErrorEvent instead). Jobs of one owner
+        run in submission order; owners take turns a job at a time. ``rate_wpm``
+        (:data:`MIN_RATE_WPM`-:data:`MAX_RATE_WPM`, default :data:`DEFAULT_RATE_WPM`) sets the
+        speaking rate for this job only; :class:`InvalidSpeedError` outside that range.
+        """
+        if self._closed:
+            raise EngineError(f"the {self.name} engine is closed")
+        if not isinstance(text, str):
+            raise TypeError(f"text must be str, got {type(text).__name__}")
+        rate = _check_rate(rate_wpm)
+        # An empty job costs nothing: it need not wait for other owners' turns.
+        return self._worker.submit(
+            text,
+            owner=owner,
+            key=(self._id, owner),
+            on_event=on_event,
+            rate_wpm=rate,
+            phonemes=bool(phonemes),
+            payload=self._payload,
+            front=not self._clean_text(text).strip(),
+        )
+
+    def cancel_owner(self, owner: Hashable) -> int:
+        """Cancel every queued or running job of ``owner``; returns how many were cancelled."""
+        key = (self._id, owner)
+        return self._worker.cancel_where(lambda k: k == key)
+
+    def synthesize(self, text: str, *, rate_wpm: int | None = None, phonemes: bool = False) -> SynthResult:
+        """Synthesise ``text`` through the worker and return all of it (blocking).
+
+        Raises the job's error (an :class:`EngineError`) if it fails. Must not be called from an
+        ``on_event`` callback (the worker would wait for itself).
+        """
+
+        def submit(on_event: EventCallback) -> SynthJob:
+            owner = ("synthesize", object())
+            return self.submit(text, owner=owner, on_event=on_event, rate_wpm=rate_wpm, phonemes=phonemes)
+
+        return self._worker.collect(submit, self.sample_rate)
+
+    def close(self) -> None:
+        """Cancel this engine's queued and running jobs and refuse new ones. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        engine_id = self._id
+        self._worker.cancel_where(lambda k: isinstance(k, tuple) and len(k) == 2 and k[0] == engine_id)
+        self._worker.detach()
 
 
 @runtime_checkable

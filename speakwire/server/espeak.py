@@ -19,28 +19,29 @@ import ctypes
 import itertools
 import logging
 import re
-import threading
 import unicodedata
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
 
 import numpy as np
 
-from speakwire.errors import EngineError, InvalidSpeedError
+from speakwire.errors import EngineError
 from speakwire.server.engine import (
+    DEFAULT_RATE_WPM,
+    MAX_RATE_WPM,
+    MIN_RATE_WPM,
     AudioEvent,
-    EndEvent,
     ErrorEvent,
-    EventCallback,
     JobWorker,
     PhonemeTiming,
+    ProcessWide,
     SynthJob,
-    SynthResult,
-    WordsEvent,
     WordTiming,
+    WorkerEngine,
 )
 
+# The rate limits are espeak-ng's own (espeakRATE); engine.py holds them so that every engine
+# checks the same range, and they stay importable from here.
 __all__ = [
     "DEFAULT_RATE_WPM",
     "MAX_RATE_WPM",
@@ -54,11 +55,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: espeak-ng's rate limits and default, in words per minute (espeakRATE).
-MIN_RATE_WPM = 80
-MAX_RATE_WPM = 450
-DEFAULT_RATE_WPM = 175
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _INITIALIZE_PHONEME_EVENTS = 0x0001
@@ -240,32 +236,12 @@ def phoneme_timings(phones: Sequence[PhoneMark], duration: float) -> list[Phonem
     return out
 
 
-def _check_rate(rate_wpm: object) -> int | None:
-    if rate_wpm is None:
-        return None
-    if isinstance(rate_wpm, bool) or not isinstance(rate_wpm, int):
-        raise InvalidSpeedError(f"rate_wpm must be an int, got {type(rate_wpm).__name__} {rate_wpm!r}")
-    if not MIN_RATE_WPM <= rate_wpm <= MAX_RATE_WPM:
-        raise InvalidSpeedError(f"rate_wpm {rate_wpm} is outside [{MIN_RATE_WPM}, {MAX_RATE_WPM}]")
-    return rate_wpm
-
-
 # ---------------------------------------------------------------------------------------------
 # The process-wide owner of the library.
 
 
 class _Runtime:
     """The library, its one worker thread, and the queue every EspeakEngine feeds."""
-
-    _instance: _Runtime | None = None
-    _instance_lock = threading.Lock()
-
-    @classmethod
-    def get(cls) -> _Runtime:
-        with cls._instance_lock:
-            if cls._instance is None:
-                cls._instance = cls()
-            return cls._instance
 
     def __init__(self) -> None:
         try:
@@ -299,7 +275,7 @@ class _Runtime:
         lib.espeak_Synth.restype = ctypes.c_int
         lib.espeak_Info.argtypes = (ctypes.c_void_p,)
         lib.espeak_Info.restype = ctypes.c_char_p
-        # No worker exists yet (we are inside get()'s lock, before any engine), so this call
+        # No worker exists yet (we are inside _RUNTIME.get()'s lock, before any engine), so this call
         # cannot race another thread in the library.
         rate = lib.espeak_Initialize(
             _AUDIO_OUTPUT_SYNCHRONOUS,
@@ -339,8 +315,7 @@ class _Runtime:
             self._voice = voice
         text = sanitize_text(job.text)
         if not text.strip():
-            if job.deliver(WordsEvent([], [])):
-                job.deliver(EndEvent(0))
+            job.finish([], [], 0)
             return
         # espeakRATE is global and sticky: set it for every job, default included.
         self.lib.espeak_SetParameter(_RATE, job.rate_wpm or DEFAULT_RATE_WPM, 0)
@@ -368,8 +343,7 @@ class _Runtime:
         duration = self._samples / self.sample_rate
         words = align_words(text, self._marks, self._phones, duration)
         phonemes = phoneme_timings(self._phones, duration) if job.phonemes else []
-        if job.deliver(WordsEvent(words, phonemes)):
-            job.deliver(EndEvent(self._samples))
+        job.finish(words, phonemes, self._samples)
 
     def _select_voice(self, voice: str) -> int:
         # Voice names ("en-us", "en", "de", "en-us+f3") first; then language codes ("en-gb",
@@ -411,46 +385,36 @@ class _Runtime:
             return 1
 
 
+_RUNTIME = ProcessWide(_Runtime)
+
+
 # ---------------------------------------------------------------------------------------------
 
 
-class EspeakEngine:
+class EspeakEngine(WorkerEngine):
     """espeak-ng as a streaming, cancellable, fair engine (see :class:`speakwire.server.engine.Engine`).
 
     ``voice`` is an espeak-ng voice name (``"en-us"``, ``"en"``, ``"de"``, ``"en-us+f3"``, ...) or a
     language code (``"en-gb"``, ``"pt-br"``); an unknown one raises :class:`EngineError` here.
     Engines are cheap handles on one process-wide worker; close them (or use ``with``) when done.
+    Jobs stream AudioEvents as espeak produces them (~60 ms each); ``rate_wpm`` (80-450, default
+    175) sets espeak's own speaking rate for a job.
     """
 
     name = "espeak"
-    _ids = itertools.count(1)
 
     def __init__(self, voice: str = "en-us") -> None:
         if not isinstance(voice, str) or not _VOICE_NAME.fullmatch(voice):
             raise EngineError(f"invalid espeak voice name {voice!r}")
         self._voice = voice
-        self._id = next(self._ids)
-        self._runtime = _Runtime.get()
-        self._closed = False
-        self._runtime.worker.attach()
+        self._runtime = _RUNTIME.get()
+        super().__init__(self._runtime.worker, payload=voice)
         try:
             # An empty job makes the worker select the voice: an unknown one fails here, not later.
             self.synthesize("")
         except BaseException:
             self.close()
             raise
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return f"<EspeakEngine voice={self._voice!r} {state}>"
-
-    def __enter__(self) -> EspeakEngine:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     @property
     def sample_rate(self) -> int:
@@ -467,67 +431,6 @@ class EspeakEngine:
         """The espeak-ng library version (``"1.52.0"``)."""
         return self._runtime.version
 
-    @property
-    def closed(self) -> bool:
-        """True after :meth:`close`."""
-        return self._closed
-
-    def submit(
-        self,
-        text: str,
-        *,
-        owner: Hashable,
-        on_event: EventCallback,
-        rate_wpm: int | None = None,
-        phonemes: bool = False,
-    ) -> SynthJob:
-        """Queue ``text`` (one sentence or clause) for ``owner``; returns the job at once.
-
-        ``on_event`` is called on the worker thread with AudioEvents as espeak produces them,
-        then one WordsEvent, then one EndEvent (or one ErrorEvent instead). Jobs of one owner
-        run in submission order; owners take turns a job at a time. ``rate_wpm`` (80-450, default
-        175) sets espeak's own speaking rate for this job only.
-        """
-        if self._closed:
-            raise EngineError("the espeak engine is closed")
-        if not isinstance(text, str):
-            raise TypeError(f"text must be str, got {type(text).__name__}")
-        rate = _check_rate(rate_wpm)
-        # An empty job costs nothing: it need not wait for other owners' turns.
-        return self._runtime.worker.submit(
-            text,
-            owner=owner,
-            key=(self._id, owner),
-            on_event=on_event,
-            rate_wpm=rate,
-            phonemes=bool(phonemes),
-            payload=self._voice,
-            front=not sanitize_text(text).strip(),
-        )
-
-    def cancel_owner(self, owner: Hashable) -> int:
-        """Cancel every queued or running job of ``owner``; returns how many were cancelled."""
-        key = (self._id, owner)
-        return self._runtime.worker.cancel_where(lambda k: k == key)
-
-    def synthesize(self, text: str, *, rate_wpm: int | None = None, phonemes: bool = False) -> SynthResult:
-        """Synthesise ``text`` through the worker and return all of it (blocking).
-
-        Raises the job's error (an :class:`EngineError`) if it fails. Must not be called from an
-        ``on_event`` callback (the worker would wait for itself).
-        """
-        return self._runtime.worker.collect(
-            lambda on_event: self.submit(
-                text, owner=("synthesize", object()), on_event=on_event, rate_wpm=rate_wpm, phonemes=phonemes
-            ),
-            self.sample_rate,
-        )
-
-    def close(self) -> None:
-        """Cancel this engine's queued and running jobs and refuse new ones. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        engine_id = self._id
-        self._runtime.worker.cancel_where(lambda k: isinstance(k, tuple) and len(k) == 2 and k[0] == engine_id)
-        self._runtime.worker.detach()
+    @staticmethod
+    def _clean_text(text: str) -> str:
+        return sanitize_text(text)

