@@ -1,0 +1,72 @@
+"""Fixtures for the plugin tests: one espeak engine per session, shared by the local servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from speakwire.server.espeak import EspeakEngine
+
+
+@pytest.fixture(scope="session")
+def tts_engine() -> Iterator[EspeakEngine]:
+    """The offline engine behind every local server these tests start (loading it costs ~0.2 s)."""
+    with EspeakEngine() as engine:
+        yield engine
+
+
+class RecordingProxy:
+    """A loopback WebSocket relay that records every JSON message a client sends to ``upstream``.
+
+    It lets a test assert on exactly what went over the wire (one message per token,
+    ``continue`` flags, flushes, cancels) while the real server does the speaking.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.sent: list[dict[str, Any]] = []
+        self._server: Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        port = next(iter(self._server.sockets)).getsockname()[1]
+        return f"ws://127.0.0.1:{port}/tts/websocket"
+
+    async def __aenter__(self) -> RecordingProxy:
+        self._server = await serve(self._relay, "127.0.0.1", 0, compression=None)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _relay(self, client: ServerConnection) -> None:
+        async with connect(self.upstream, compression=None, max_size=None) as upstream:
+
+            async def down() -> None:
+                async for message in upstream:
+                    await client.send(message)
+
+            task = asyncio.create_task(down())
+            try:
+                async for message in client:
+                    self.sent.append(json.loads(message))
+                    await upstream.send(message)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                    await task
+
+    def for_context(self, context_id: str) -> list[dict[str, Any]]:
+        """The messages sent for ``context_id``, in order."""
+        return [m for m in self.sent if m.get("context_id") == context_id]

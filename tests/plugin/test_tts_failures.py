@@ -1,0 +1,174 @@
+"""Barge-in and failures: what reaches the pipeline, what is reported as spoken, and the next turn."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pipecat.frames.frames import (
+    InterruptionFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    TTSAudioRawFrame,
+    TTSUpdateSettingsFrame,
+)
+from pipecat.services.cartesia.tts import GenerationConfig
+from pipecat.tests.utils import SleepFrame
+
+from speakwire.plugin import SpeakwireTTSService, TurnSpeedFrame
+from speakwire.server import TTSServer
+from speakwire.server.espeak import EspeakEngine
+from tests.plugin.conftest import RecordingProxy
+from tests.plugin.tts_helpers import (
+    SENTENCE_1,
+    SENTENCE_2,
+    assert_speech,
+    audio_of,
+    context_ids,
+    errors,
+    seconds,
+    service,
+    speak,
+    turn,
+    words_of,
+)
+
+LONG = [t for _ in range(6) for t in SENTENCE_2]  # ~18 s of speech
+
+
+@pytest.fixture
+async def server(tts_engine: EspeakEngine):
+    async with TTSServer(port=0, engine=tts_engine) as srv:
+        yield srv
+
+
+async def test_interruption_cancels_the_context_and_the_next_turn_speaks(server: TTSServer) -> None:
+    partial = [" Zebras", " gallop"]  # a sentence the interruption cuts: never spoken
+    frames = [
+        LLMFullResponseStartFrame(),
+        *(LLMTextFrame(t) for t in SENTENCE_1),
+        SleepFrame(sleep=0.5),  # the first sentence is heard...
+        *(LLMTextFrame(t) for t in [*LONG, *partial]),  # ...more is generated, the last sentence is cut
+        # InterruptionFrame is a system frame: it would overtake the tokens still queued.
+        SleepFrame(sleep=0.2),
+        InterruptionFrame(),
+        *turn(SENTENCE_1),
+    ]
+    async with RecordingProxy(server.url) as proxy:
+        down, up = await speak(service(proxy.url), frames)
+    assert errors(up) == []
+    old, new = context_ids(down)
+    cut = next(i for i, f in enumerate(down) if isinstance(f, InterruptionFrame))
+    # Nothing of the old context after the interruption; it had started speaking before it.
+    assert not [f for f in down[cut:] if isinstance(f, TTSAudioRawFrame) and f.context_id == old]
+    assert seconds(audio_of(down[:cut], old)) > 0.5
+    # The server was told: exactly the cancel message, as the old context's last message.
+    assert proxy.for_context(old)[-1] == {"context_id": old, "cancel": True}
+    # Only words whose audio was emitted: a prefix of the text, never the cut sentence.
+    old_words = words_of(down, old)
+    spoken = "".join(SENTENCE_1 + LONG).split()
+    assert len(old_words) >= len("".join(SENTENCE_1).split()) and old_words == spoken[: len(old_words)]
+    assert "Zebras" not in words_of(down)
+    # The next turn is clean: all its audio and words, in its own context.
+    assert_speech(audio_of(down, new), "".join(SENTENCE_1))
+    assert words_of(down, new) == "".join(SENTENCE_1).split()
+
+
+async def test_server_killed_then_restarted(tts_engine: EspeakEngine) -> None:
+    server = TTSServer(port=0, engine=tts_engine)
+    await server.start()
+    port = server.port
+    tts = service(server.url)
+    restarted: list[TTSServer] = []
+
+    async def outage() -> None:
+        await asyncio.sleep(0.6)  # turn 1 is long done
+        await server.close()
+        await asyncio.sleep(0.8)  # turn 2 runs into the closed port at ~1.0 s
+        again = TTSServer(port=port, engine=tts_engine)
+        await again.start()
+        restarted.append(again)
+
+    task = asyncio.create_task(outage())
+    frames = [
+        *turn(SENTENCE_1), SleepFrame(sleep=1.0),
+        *turn(SENTENCE_2), SleepFrame(sleep=1.0),
+        *turn(SENTENCE_1),
+    ]
+    try:
+        down, up = await speak(tts, frames)
+    finally:
+        await task
+        for srv in restarted:
+            await srv.close()
+    first, last = context_ids(down)
+    assert_speech(audio_of(down, first), "".join(SENTENCE_1))
+    assert_speech(audio_of(down, last), "".join(SENTENCE_1))
+    assert words_of(down, last) == "".join(SENTENCE_1).split()
+    # Turn 2 failed loudly, and none of its text is reported as spoken.
+    assert errors(up), "no ErrorFrame for the turn spoken while the server was down"
+    assert all(e.startswith("TTS error: cannot connect to ws://127.0.0.1:") for e in errors(up)), errors(up)
+    assert not set("".join(SENTENCE_2).split()) & set(words_of(down))
+
+
+async def test_bad_speeds_become_error_frames_and_the_pipeline_goes_on(server: TTSServer) -> None:
+    bad_update = TTSUpdateSettingsFrame(
+        delta=SpeakwireTTSService.Settings(generation_config=GenerationConfig(speed=9.0))
+    )
+    reference, _ = await speak(service(server.url), turn(SENTENCE_2))
+    tts = service(server.url, speed=1.25)
+    down, up = await speak(tts, [TurnSpeedFrame(speed=-1.0), bad_update, *turn(SENTENCE_2)])
+    assert errors(up) == [
+        "invalid turn speed: speed must be > 0, got -1.0",
+        "invalid speed in settings update: speed 9.0 is outside [0.5, 2.0] (default policy)",
+    ]
+    # Neither changed anything: the turn is spoken at the service's 1.25.
+    assert tts.speed == 1.25
+    assert seconds(audio_of(down)) == pytest.approx(seconds(audio_of(reference)) / 1.25, rel=0.015)
+    assert words_of(down) == "".join(SENTENCE_2).split()
+
+
+async def test_malformed_markup_is_reported_and_the_rest_is_spoken(server: TTSServer) -> None:
+    tokens = ["Hello", " there", ".", ' <prosody rate="warp">', "fast", " words", "</prosody>", " Goodbye", " now", "."]
+    down, up = await speak(service(server.url), [*turn(tokens), *turn(SENTENCE_1)])
+    assert len(errors(up)) == 1
+    assert errors(up)[0].startswith("malformed markup in TTS text: ") and "'warp'" in errors(up)[0], errors(up)
+    first, second = context_ids(down)
+    # Only the bad tag is dropped (and its stray close, not reported twice): the words are spoken.
+    assert words_of(down, first) == ["Hello", "there.", "fast", "words", "Goodbye", "now."]
+    assert_speech(audio_of(down, second), "".join(SENTENCE_1))
+
+
+async def test_unclosed_span_at_the_end_of_a_turn_is_reported(server: TTSServer) -> None:
+    tokens = ["Hello", " there", ".", ' <prosody rate="slow">', "never", " closed"]
+    down, up = await speak(service(server.url), [*turn(tokens), *turn(SENTENCE_1)])
+    [error] = errors(up)
+    assert error.startswith("malformed markup in TTS text: ") and "prosody" in error
+    first, second = context_ids(down)
+    assert words_of(down, first) == ["Hello", "there."]
+    assert words_of(down, second) == "".join(SENTENCE_1).split()
+
+
+async def test_nothing_listening_reports_errors_and_no_spoken_text() -> None:
+    tts = service("ws://127.0.0.1:9/tts/websocket")
+    down, up = await speak(tts, [*turn(SENTENCE_1), *turn(SENTENCE_2), *turn(SENTENCE_1), *turn(SENTENCE_2)])
+    refused = (
+        "TTS error: cannot connect to ws://127.0.0.1:9/tts/websocket: gave up after 2 attempts "
+        "(ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', 9))"
+    )
+    # One at start, one per turn; each names the URL and the cause, and is reported once.
+    assert errors(up) == [refused] * 5
+    assert words_of(down) == [] and audio_of(down).size == 0
+    # Failed turns are not "silent contexts": the service is not written off and will speak
+    # again once the server is back.
+    assert tts.is_usable
+
+
+async def test_server_error_frame_is_reported_and_a_fixed_turn_speaks(server: TTSServer) -> None:
+    tts = service(server.url, settings=SpeakwireTTSService.Settings(language="tlh"))
+    fix = TTSUpdateSettingsFrame(delta=SpeakwireTTSService.Settings(language="en"))
+    down, up = await speak(tts, [*turn(SENTENCE_1), SleepFrame(sleep=0.3), fix, *turn(SENTENCE_1)])
+    [error] = errors(up)
+    assert error.startswith("TTS server error: context ") and "language 'tlh' is not available" in error
+    [spoken] = context_ids(down)
+    assert words_of(down) == words_of(down, spoken) == "".join(SENTENCE_1).split()
