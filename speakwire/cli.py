@@ -129,6 +129,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.headless:
+        from speakwire.plugin.demo.headless import main_headless
+
+        return main_headless(args.out, args.host, 0 if args.port is None else args.port)
+    from speakwire.plugin.demo.app import main_serve
+
+    return main_serve(args.host, 8080 if args.port is None else args.port)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="speakwire", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -158,6 +168,16 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-timeout", type=float, default=300.0,
                    help="close connections idle this many seconds (default 300; 0: never)")
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("demo", help="the voice-agent demo: a page served on this host, or --headless into a WAV")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this host only)")
+    p.add_argument("--port", type=int, default=None,
+                   help="port (default 8080; with --headless a free one)")
+    p.add_argument("--headless", action="store_true",
+                   help="no browser: run the scripted conversation through an in-process WebRTC peer")
+    p.add_argument("--out", default="demo.wav",
+                   help="with --headless: the WAV of the received audio (default demo.wav)")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 
