@@ -379,14 +379,17 @@ def table(figures: Figures, reps: int, n_streams: int, command: str) -> str:
         f"Goal: speakwire's TTFA at most 0.5x pipecat's default sentence mode: median {ours:.0f} ms vs "
         f"{base:.0f} ms = **{ours / base:.2f}x**; vs pipecat's own token mode: {ours / tok:.2f}x.",
         "",
-        "Why (server at this commit): token-streamed text is released at a sentence end (confirmed by the "
-        "next token's whitespace), at a clause mark after 24 characters, or when the 250 ms buffering "
-        "window runs out. A first sentence that ends inside the window is released at the moment "
-        "pipecat's sentence aggregator releases it, so token streaming only wins on long first "
-        "sentences (the Lisbon reply). The 100 ms window row shows the knob: TTFA "
-        f"{window / base:.2f}x, but every unit is cut at 100 ms, and the turn's audio runs "
+        "Why (server at this commit): until a context's first unit is out, the server releases it at any "
+        "clause mark or once 3 words are complete (followed by the next token's whitespace); later units "
+        "wait for a sentence end, a clause mark after 24 characters or the 250 ms window, and units cut "
+        "mid-sentence are synthesised without espeak's 0.3 s end pause. So first audio comes a few ms "
+        "after the token that completes the third word or confirms the first comma (\" Lisbon\", the 4th "
+        "token; \" hear\", the 5th; \" I\" after \"Sure,\"); a first sentence shorter than that (\"Great "
+        "question!\") goes when the token after it confirms its end, as in pipecat's sentence mode. "
+        "pipecat's token mode talks to the same server, so it gets the same first unit. The 100 ms window "
+        f"row: TTFA {window / base:.2f}x, and the turn's audio runs "
         f"{np.median(figures.audio[WINDOW]) / np.median(figures.audio[OURS]):.2f}x as long as the "
-        "default's (more, shorter units, each with its own pauses). WSOLA at 1.25 moves the median TTFA "
+        "default's (more cuts; mid-sentence ones no longer add a pause). WSOLA at 1.25 moves the median TTFA "
         f"by {_ms(figures.ttfa['speakwire 1.25'])[0] - ours:+.0f} ms. Client CPU per s of audio vs "
         f"{BASELINE}: " + ", ".join(f"{name} {cpu(name) / cpu(BASELINE):.2f}x" for name in SERVICES[:2]) + ".",
     ]

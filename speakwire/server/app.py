@@ -18,6 +18,10 @@ Wire behaviour, decided where the protocol is silent:
   a flush, at the end of input, or when ``max_buffer_delay_ms`` runs out (complete words only).
   Without ``max_buffer_delay_ms`` (pipecat's token mode) the window is
   :data:`~speakwire.server.segmenter.DEFAULT_MAX_DELAY` (250 ms), not Cartesia's 3 s.
+  A context's first unit goes sooner, for time to first audio: at any clause mark, or after
+  :data:`~speakwire.server.segmenter.FIRST_UNIT_WORDS` (3) complete words. A unit cut
+  mid-sentence (that rule, the window, the length cap) is synthesised without the engine's end
+  pause, so the sentence runs on into the next unit without a gap.
 - Chunks: a unit's first engine buffer (~60 ms) goes out at once, the rest in ~200 ms chunks.
 - ``flush_id`` follows :class:`~speakwire.protocol.context.ContextMachine`: absent until the
   context's first flush, then the number of flushes received when the chunk was sent.
@@ -85,7 +89,7 @@ from speakwire.server.engine import (
 )
 from speakwire.server.espeak import EspeakEngine
 from speakwire.server.piper import PiperEngine
-from speakwire.server.segmenter import DEFAULT_MAX_DELAY, Pause, Segmenter, Unit
+from speakwire.server.segmenter import DEFAULT_MAX_DELAY, FIRST_UNIT_WORDS, Pause, Segmenter, Unit
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ServerLimits", "TTSServer"]
 
@@ -148,7 +152,10 @@ class TTSServer:
     Use as ``async with TTSServer(port=0) as server: server.url``, or from synchronous code as
     ``url = server.start_in_thread()`` ... ``server.stop()``. ``engine`` defaults to a new
     :class:`~speakwire.server.espeak.EspeakEngine` (closed with the server); an engine passed in
-    stays open. Without ``api_key`` every client is admitted.
+    stays open. Without ``api_key`` every client is admitted. ``default_max_delay`` is the
+    buffering window (seconds) for contexts that send no ``max_buffer_delay_ms``;
+    ``first_unit_words`` releases a context's first unit after that many complete words (``None``
+    or ``0``: off; see :class:`~speakwire.server.segmenter.Segmenter`).
     """
 
     def __init__(
@@ -161,12 +168,16 @@ class TTSServer:
         limits: ServerLimits | None = None,
         speed_policy: SpeedPolicy = DEFAULT_POLICY,
         default_max_delay: float = DEFAULT_MAX_DELAY,
+        first_unit_words: int | None = FIRST_UNIT_WORDS,
     ) -> None:
+        # Checked here, not in a client's first push: a bad setting is the operator's error.
+        Segmenter(max_delay=default_max_delay, first_unit_words=first_unit_words)
         self.host = host
         self.port = port
         self.limits = limits or ServerLimits()
         self.speed_policy = speed_policy
         self.default_max_delay = default_max_delay
+        self.first_unit_words = first_unit_words
         self._api_key = api_key or None
         self._engine = engine
         self._owns_engine = engine is None
@@ -590,7 +601,7 @@ class _Stream:
         self.style = Style()
         delay_ms = first.max_buffer_delay_ms
         delay = connection.server.default_max_delay if delay_ms is None else delay_ms / 1000.0
-        self.segmenter = Segmenter(max_delay=delay)
+        self.segmenter = Segmenter(max_delay=delay, first_unit_words=connection.server.first_unit_words)
         self.items: asyncio.Queue[_Item] = asyncio.Queue()
         self.chars = 0
         self.timer: asyncio.TimerHandle | None = None
@@ -623,12 +634,14 @@ class _Stream:
         self.add_timestamps = self.add_timestamps or request.add_timestamps
         self.add_phonemes = self.add_phonemes or request.add_phoneme_timestamps
         now = self.loop.time()
-        for segment in segments:
+        for index, segment in enumerate(segments):
             if isinstance(segment, Break):
                 self._enqueue(self.segmenter.pause(segment.seconds))
             else:
                 text = _spelled(segment.text, segment.spell_group) if segment.spell else segment.text
-                self._enqueue(self.segmenter.push(text, now, (segment.speed, segment.volume)))
+                # One message is one push for the first-unit rule, whatever its markup spans.
+                more = index + 1 < len(segments)
+                self._enqueue(self.segmenter.push(text, now, (segment.speed, segment.volume), more_follows=more))
         if flush or request.closes_input:
             self._enqueue(self.segmenter.flush())
         if flush:
@@ -729,7 +742,13 @@ class _Stream:
         """
         rate = self.engine.sample_rate
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        self.engine.submit(unit.text, owner=self, on_event=_forward(self.loop, queue), phonemes=self.add_phonemes)
+        self.engine.submit(
+            unit.text,
+            owner=self,
+            on_event=_forward(self.loop, queue),
+            phonemes=self.add_phonemes,
+            end_pause=unit.ends_at_boundary,
+        )
         styles: list[tuple[float, float]] = [piece.style for piece in unit.pieces]  # type: ignore[misc]
         chain = _Chain(rate, self.sample_rate, [speed for speed, _ in styles], self.policy)
         unit_start = self.samples_out
@@ -841,7 +860,9 @@ class _Chain:
     and the resampler's ringing can overshoot).
 
     A fresh chain per unit keeps each unit's time map simple (its own zero) and costs nothing
-    audible: units end at a sentence or clause, where espeak leaves a pause.
+    audible: the stretcher is flushed at the unit's end, so its last samples are not lost, and a
+    unit cut mid-sentence still ends and starts at a word boundary, where espeak leaves ~20 ms of
+    silence (its lead-in plus the 10 ms it puts after a text even without the end pause).
     """
 
     def __init__(self, in_rate: int, out_rate: int, speeds: list[float], policy: SpeedPolicy) -> None:

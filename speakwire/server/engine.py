@@ -154,6 +154,7 @@ class SynthJob:
         on_event: EventCallback,
         rate_wpm: int | None = None,
         phonemes: bool = False,
+        end_pause: bool = True,
         on_cancel: Callable[[SynthJob], None] | None = None,
     ) -> None:
         self._text = text
@@ -161,6 +162,7 @@ class SynthJob:
         self._on_event = on_event
         self._rate_wpm = rate_wpm
         self._phonemes = phonemes
+        self._end_pause = end_pause
         self._on_cancel = on_cancel
         # Re-entrant: a callback may cancel its own job from the worker thread.
         self._lock = threading.RLock()
@@ -190,6 +192,15 @@ class SynthJob:
     def phonemes(self) -> bool:
         """Whether phoneme timings were asked for."""
         return self._phonemes
+
+    @property
+    def end_pause(self) -> bool:
+        """Whether the audio ends with the engine's end-of-sentence pause.
+
+        False for text cut mid-sentence (more of the sentence follows in the next job): the audio
+        then stops where the speech does, so the next job's words follow without a gap.
+        """
+        return self._end_pause
 
     @property
     def state(self) -> JobState:
@@ -416,6 +427,7 @@ class JobWorker:
         on_event: EventCallback,
         rate_wpm: int | None = None,
         phonemes: bool = False,
+        end_pause: bool = True,
         payload: object = None,
         front: bool = False,
     ) -> SynthJob:
@@ -427,7 +439,15 @@ class JobWorker:
                 with self._cond:
                     self._queue.remove(task.key, task)
 
-        job = SynthJob(text, owner=owner, on_event=on_event, rate_wpm=rate_wpm, phonemes=phonemes, on_cancel=dequeue)
+        job = SynthJob(
+            text,
+            owner=owner,
+            on_event=on_event,
+            rate_wpm=rate_wpm,
+            phonemes=phonemes,
+            end_pause=end_pause,
+            on_cancel=dequeue,
+        )
         task = _Task(job, key, payload)
         with self._cond:
             self._queue.put(key, task, front=front)
@@ -587,6 +607,7 @@ class WorkerEngine(ABC):
         on_event: EventCallback,
         rate_wpm: int | None = None,
         phonemes: bool = False,
+        end_pause: bool = True,
     ) -> SynthJob:
         """Queue ``text`` (one sentence or clause) for ``owner``; returns the job at once.
 
@@ -595,6 +616,8 @@ class WorkerEngine(ABC):
         run in submission order; owners take turns a job at a time. ``rate_wpm``
         (:data:`MIN_RATE_WPM`-:data:`MAX_RATE_WPM`, default :data:`DEFAULT_RATE_WPM`) sets the
         speaking rate for this job only; :class:`InvalidSpeedError` outside that range.
+        ``end_pause=False`` leaves out the pause an engine puts after the end of a text (for a
+        piece cut mid-sentence, whose sentence goes on in the next job).
         """
         if self._closed:
             raise EngineError(f"the {self.name} engine is closed")
@@ -609,6 +632,7 @@ class WorkerEngine(ABC):
             on_event=on_event,
             rate_wpm=rate,
             phonemes=bool(phonemes),
+            end_pause=bool(end_pause),
             payload=self._payload,
             front=not self._clean_text(text).strip(),
         )
@@ -618,7 +642,9 @@ class WorkerEngine(ABC):
         key = (self._id, owner)
         return self._worker.cancel_where(lambda k: k == key)
 
-    def synthesize(self, text: str, *, rate_wpm: int | None = None, phonemes: bool = False) -> SynthResult:
+    def synthesize(
+        self, text: str, *, rate_wpm: int | None = None, phonemes: bool = False, end_pause: bool = True
+    ) -> SynthResult:
         """Synthesise ``text`` through the worker and return all of it (blocking).
 
         Raises the job's error (an :class:`EngineError`) if it fails. Must not be called from an
@@ -627,7 +653,9 @@ class WorkerEngine(ABC):
 
         def submit(on_event: EventCallback) -> SynthJob:
             owner = ("synthesize", object())
-            return self.submit(text, owner=owner, on_event=on_event, rate_wpm=rate_wpm, phonemes=phonemes)
+            return self.submit(
+                text, owner=owner, on_event=on_event, rate_wpm=rate_wpm, phonemes=phonemes, end_pause=end_pause
+            )
 
         return self._worker.collect(submit, self.sample_rate)
 
@@ -663,15 +691,21 @@ class Engine(Protocol):
         on_event: EventCallback,
         rate_wpm: int | None = None,
         phonemes: bool = False,
+        end_pause: bool = True,
     ) -> SynthJob:
-        """Queue one job for ``owner``; events go to ``on_event`` on the engine's worker thread."""
+        """Queue one job for ``owner``; events go to ``on_event`` on the engine's worker thread.
+
+        ``end_pause=False``: no pause after the text's end (it was cut mid-sentence).
+        """
         ...
 
     def cancel_owner(self, owner: Hashable) -> int:
         """Cancel every queued or running job of ``owner``; returns how many were cancelled."""
         ...
 
-    def synthesize(self, text: str, *, rate_wpm: int | None = None, phonemes: bool = False) -> SynthResult:
+    def synthesize(
+        self, text: str, *, rate_wpm: int | None = None, phonemes: bool = False, end_pause: bool = True
+    ) -> SynthResult:
         """Synthesise ``text`` through the worker and return everything at once (blocking)."""
         ...
 

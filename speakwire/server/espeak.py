@@ -327,7 +327,10 @@ class _Runtime:
         self._stopped = False
         self._callback_error = None
         try:
-            rc = self.lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8 | _ENDPAUSE, None, None)
+            # Without espeakENDPAUSE the text's end gets 10 ms of silence instead of a sentence pause
+            # (~300 ms): the job is then a piece of a sentence that goes on in the next job.
+            flags = _CHARS_UTF8 | (_ENDPAUSE if job.end_pause else 0)
+            rc = self.lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, flags, None, None)
         finally:
             self._job = None
         if self._stopped:

@@ -48,11 +48,14 @@ from speakwire.server.espeak import sanitize_text
 
 __all__ = [
     "INSTALL_HINT",
+    "SILENCE_LEVEL",
+    "TAIL_SECONDS",
     "PhoneSpan",
     "PiperEngine",
     "align_words",
     "phoneme_timings",
     "sentence_spans",
+    "speech_end",
 ]
 
 logger = logging.getLogger(__name__)
@@ -247,6 +250,21 @@ def sentence_spans(
     ]
 
 
+#: Below this level (-40 dBFS) Piper's output is its silent tail; the voice's own decays sit above it.
+SILENCE_LEVEL = 0.01
+#: Kept after the last sample above SILENCE_LEVEL, so a soft word ending fades out rather than stops.
+TAIL_SECONDS = 0.02
+
+
+def speech_end(audio: np.ndarray, rate: int) -> int:
+    """Where the speech in ``audio`` ends: :data:`TAIL_SECONDS` after the last sample whose magnitude
+    exceeds :data:`SILENCE_LEVEL` (at most ``len(audio)``; 0 if none does)."""
+    loud = np.flatnonzero(np.abs(audio) > SILENCE_LEVEL)
+    if not len(loud):
+        return 0
+    return min(len(audio), int(loud[-1]) + 1 + round(TAIL_SECONDS * rate))
+
+
 def _clean(text: str) -> str:
     # Piper reads "[[ ... ]]" as raw phonemes: client text must not be able to do that.
     text = sanitize_text(text)
@@ -341,6 +359,9 @@ class _Runtime:
         rate = model.sample_rate
         total = 0
         phones: list[PhoneSpan] = []
+        # Without the end pause, each sentence's silent tail is held back and sent only when another
+        # sentence follows: the last one is dropped, and nothing waits for the next model call.
+        held = np.zeros(0, dtype=np.float32)
         for chunk in voice.synthesize(text, syn_config=syn, include_alignments=model.alignments):
             audio = np.asarray(chunk.audio_float_array, dtype=np.float32).reshape(-1)
             alignment = chunk.phoneme_alignments
@@ -348,16 +369,24 @@ class _Runtime:
             if samples is not None and sum(samples) != len(audio):
                 samples = None  # never seen; an estimate beats a timeline that overruns the audio
             phones.extend(sentence_spans(chunk.phonemes, samples, len(audio), total, rate))
-            for start in range(0, len(audio), _BUFFER_SAMPLES):
-                if not job.deliver(AudioEvent(audio[start : start + _BUFFER_SAMPLES])):
+            body = audio
+            if not job.end_pause:
+                keep = speech_end(audio, rate)
+                body = np.concatenate([held, audio[:keep]]) if len(held) else audio[:keep]
+                held = audio[keep:]
+            for start in range(0, len(body), _BUFFER_SAMPLES):
+                if not job.deliver(AudioEvent(body[start : start + _BUFFER_SAMPLES])):
                     return
             total += len(audio)
             if job.done:
                 return
+        total -= len(held)
         duration = total / rate
         word_phonemes = [list(itertools.chain.from_iterable(voice.phonemize(word))) for word in text.split()]
         words = align_words(text, phones, word_phonemes, duration)
         phonemes = phoneme_timings(phones) if job.phonemes else []
+        if len(held):
+            phonemes = [PhonemeTiming(p.phoneme, min(p.start, duration), min(p.end, duration)) for p in phonemes]
         job.finish(words, phonemes, total)
 
 
@@ -375,7 +404,10 @@ class PiperEngine(WorkerEngine):
     once per process (later engines on the same model share it). Raises :class:`EngineError` naming
     the package and the pip command when Piper is not installed, or when the model cannot be loaded.
     Jobs stream AudioEvents (~93 ms each) as each sentence is synthesised; ``rate_wpm`` (80-450)
-    scales Piper's phoneme durations by 175 / ``rate_wpm`` for a job.
+    scales Piper's phoneme durations by 175 / ``rate_wpm`` for a job. Piper has no switch for the
+    silence it puts after every sentence (~0.13-0.26 s): with ``end_pause=False`` the job's audio
+    is cut :data:`TAIL_SECONDS` after its last sample above :data:`SILENCE_LEVEL` (see
+    :func:`speech_end`).
     """
 
     name = "piper"

@@ -75,7 +75,8 @@ def first_chunk(frame: dict[str, object]) -> bytes:
 async def test_without_punctuation_the_buffer_delay_releases_complete_words(server: TTSServer) -> None:
     async with connect(server.url) as ws:
         sent = time.perf_counter()
-        await ws.send(request("d1", "this has no punctuation at all", cont=True, max_buffer_delay_ms=100))
+        # Two words, one of them complete: too few for the first-unit rule (three complete words).
+        await ws.send(request("d1", "no punctuation", cont=True, max_buffer_delay_ms=100))
         first = json.loads(await asyncio.wait_for(ws.recv(), 5))
         waited = time.perf_counter() - sent
         assert first["type"] == "chunk"
@@ -83,7 +84,7 @@ async def test_without_punctuation_the_buffer_delay_releases_complete_words(serv
         assert 0.09 <= waited < 1.0
         await ws.send(request("d1", "", cont=False))
         result = await collect(ws, "d1")
-    # "all" was held back as a possibly unfinished word and spoken at the close.
+    # "punctuation" was held back as a possibly unfinished word and spoken at the close.
     assert result.types[-1] == "done"
 
 
@@ -92,7 +93,7 @@ async def test_without_max_buffer_delay_the_default_window_is_a_quarter_second(s
     # dead air whenever the LLM writes no punctuation.
     async with connect(server.url) as ws:
         sent = time.perf_counter()
-        await ws.send(request("w1", "tokens without any punctuation so far", cont=True))
+        await ws.send(request("w1", "tokens without", cont=True))
         first = json.loads(await asyncio.wait_for(ws.recv(), 5))
         waited = time.perf_counter() - sent
         await ws.send(request("w1", "", cont=False))

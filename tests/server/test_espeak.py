@@ -585,3 +585,33 @@ def test_many_threads_submitting_and_cancelling(engine: EspeakEngine) -> None:
     states = [job.state for job in all_jobs]
     assert states.count("cancelled") == len(cancelled_ids) > 0
     assert states.count("finished") == len(all_jobs) - len(cancelled_ids)
+
+
+def trailing_silence(audio: np.ndarray, rate: int, level: float = 0.01) -> float:
+    """Seconds after the last sample louder than ``level`` (-40 dBFS)."""
+    loud = np.flatnonzero(np.abs(audio) > level)
+    return (len(audio) - 1 - int(loud[-1])) / rate
+
+
+def test_without_the_end_pause_a_cut_sentence_stops_where_its_speech_does(engine: EspeakEngine) -> None:
+    cut = engine.synthesize("The weather in", end_pause=False)
+    whole = engine.synthesize("The weather in")
+    # With espeakENDPAUSE the text's end gets a sentence pause (measured 0.30 s); without, 10 ms.
+    assert trailing_silence(whole.audio, 22050) > 0.25
+    assert trailing_silence(cut.audio, 22050) < 0.05
+    # Same speech, only the pause is gone.
+    assert whole.duration - cut.duration == pytest.approx(0.29, abs=0.03)
+    assert [w.word for w in cut.words] == ["The", "weather", "in"]
+    assert cut.words[-1].end <= cut.duration
+    assert rms_of(cut.audio) > 0.05
+
+
+def test_end_pause_is_per_job(engine: EspeakEngine) -> None:
+    # espeak's option is global: a job without the pause must not leak into the next one.
+    engine.synthesize("Sure", end_pause=False)
+    assert trailing_silence(engine.synthesize("Sure,").audio, 22050) == pytest.approx(0.15, abs=0.03)
+    assert trailing_silence(engine.synthesize("Sure,", end_pause=False).audio, 22050) < 0.05
+
+
+def rms_of(audio: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(audio.astype(np.float64) ** 2)))

@@ -31,7 +31,15 @@ from speakwire.server.engine import (
     WordTiming,
 )
 from speakwire.server.espeak import EspeakEngine
-from speakwire.server.piper import INSTALL_HINT, PhoneSpan, PiperEngine, align_words, phoneme_timings, sentence_spans
+from speakwire.server.piper import (
+    INSTALL_HINT,
+    PhoneSpan,
+    PiperEngine,
+    align_words,
+    phoneme_timings,
+    sentence_spans,
+    speech_end,
+)
 from tests.server.conftest import collect, connect, decode, request, rms
 
 TEN_WORDS = "The quick brown fox jumps over the lazy dog today."
@@ -383,3 +391,28 @@ async def test_speakwire_serve_engine_piper_speaks(piper: PiperEngine) -> None:
         proc.terminate()
         proc.wait(10)
     assert proc.returncode == 0
+
+
+def test_speech_end_is_the_last_loud_sample_plus_20_ms() -> None:
+    audio = np.zeros(22050, dtype=np.float32)
+    audio[1000] = 0.5
+    audio[5000] = -0.02
+    audio[9000] = 0.01  # at the level, not above it: silence
+    assert speech_end(audio, 22050) == 5001 + 441
+    assert speech_end(audio[:5100], 22050) == 5100  # the tail is cut short by the end of the audio
+    assert speech_end(np.zeros(100, dtype=np.float32), 22050) == 0
+
+
+def test_without_the_end_pause_piper_drops_only_the_last_sentences_tail(piper: PiperEngine) -> None:
+    cut = piper.synthesize("The weather in", end_pause=False)
+    whole = piper.synthesize("The weather in")
+    loud = np.flatnonzero(np.abs(cut.audio) > 0.01)
+    assert (len(cut.audio) - 1 - loud[-1]) / RATE < 0.05
+    loud = np.flatnonzero(np.abs(whole.audio) > 0.01)
+    assert (len(whole.audio) - 1 - loud[-1]) / RATE > 0.1  # measured 0.13 s
+    assert [w.word for w in cut.words] == ["The", "weather", "in"]
+    assert cut.words[-1].end <= cut.duration and rms(cut.audio) > 0.05
+    # Between sentences the pause stays: only the job's end is cut.
+    two = piper.synthesize("Hello there. How are you", end_pause=False)
+    there, how = two.words[1], two.words[2]
+    assert how.start - there.end > 0.1
