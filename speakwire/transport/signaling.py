@@ -45,6 +45,7 @@ from speakwire.transport.loopback import loopback_candidates, loopback_configura
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_PEERS",
+    "LocalSite",
     "OfferEndpoint",
     "PeerCallback",
     "SignalingServer",
@@ -220,7 +221,73 @@ class OfferEndpoint:
             await pc.close()
 
 
-class SignalingServer:
+class LocalSite:
+    """An aiohttp application served on ``host:port`` (127.0.0.1 by default; ``port=0`` picks one).
+
+    Subclasses build the application in :meth:`make_app` and release their own resources in
+    :meth:`_closed`. Use it as an async context manager, or call :meth:`start` and :meth:`close`.
+    """
+
+    _what = "the server"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._host = host
+        self._requested_port = port
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+
+    def make_app(self) -> web.Application:
+        """The aiohttp application to serve."""
+        raise NotImplementedError
+
+    async def _closed(self) -> None:
+        """Called by :meth:`close` once the HTTP server has stopped."""
+
+    @property
+    def port(self) -> int:
+        """The bound port (raises ``RuntimeError`` before :meth:`start`)."""
+        if self._port is None:
+            raise RuntimeError(f"{self._what} is not started")
+        return self._port
+
+    def _base_url(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind and start serving."""
+        if self._runner is not None:
+            return
+        runner = web.AppRunner(self.make_app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self._requested_port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
+
+    async def close(self) -> None:
+        """Stop serving, then release what the subclass holds (idempotent)."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
+        await self._closed()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+class SignalingServer(LocalSite):
     """An aiohttp server with one :class:`OfferEndpoint` at ``path``, bound to 127.0.0.1 by default.
 
     ``port=0`` picks a free port (read :attr:`port` or :attr:`url` after start). Use it as an
@@ -247,56 +314,22 @@ class SignalingServer:
             max_body_bytes=max_body_bytes,
             max_peers=max_peers,
         )
-        self._host = host
-        self._requested_port = port
+        super().__init__(host, port)
         self._path = path
         self._max_body = max_body_bytes
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
 
-    @property
-    def port(self) -> int:
-        """The bound port (raises ``RuntimeError`` before :meth:`start`)."""
-        if self._port is None:
-            raise RuntimeError("the signaling server is not started")
-        return self._port
+    _what = "the signaling server"
 
     @property
     def url(self) -> str:
         """The offer URL, e.g. ``http://127.0.0.1:8765/offer``."""
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self.port}{self._path}"
+        return self._base_url() + self._path
 
-    async def start(self) -> None:
-        """Bind and start serving."""
-        if self._runner is not None:
-            return
+    def make_app(self) -> web.Application:
+        """An application with the offer route only."""
         app = web.Application(client_max_size=self._max_body)
         self.endpoint.install(app, self._path)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._requested_port)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
+        return app
 
-    async def close(self) -> None:
-        """Stop serving and close every peer (idempotent)."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            with contextlib.suppress(Exception):
-                await runner.cleanup()
+    async def _closed(self) -> None:
         await self.endpoint.close()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()

@@ -32,8 +32,7 @@ import json
 import sys
 from collections import deque
 from importlib import resources
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 from aiohttp import web
 from aiortc import RTCDataChannel, RTCPeerConnection
@@ -41,7 +40,7 @@ from aiortc import RTCDataChannel, RTCPeerConnection
 from speakwire.errors import InvalidSpeedError
 from speakwire.plugin.demo.agent import DemoAgent, Event
 from speakwire.plugin.demo.llm import SimulatedLLM
-from speakwire.transport.signaling import OfferEndpoint
+from speakwire.transport.signaling import LocalSite, OfferEndpoint
 
 __all__ = ["CONTROL_CHANNEL", "MAX_CONTROL_BYTES", "DemoServer", "main_serve", "quiet_pipecat_logs"]
 
@@ -135,7 +134,7 @@ class _Session:
         await self.agent.close()
 
 
-class DemoServer:
+class DemoServer(LocalSite):
     """The demo: page, signaling and agents on ``host:port`` (127.0.0.1; ``port=0`` picks one).
 
     ``llm`` is the simulated LLM every agent uses (default: :class:`SimulatedLLM`).
@@ -143,28 +142,19 @@ class DemoServer:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, *, llm: SimulatedLLM | None = None) -> None:
-        self._host = host
-        self._requested_port = port
+        super().__init__(host, port)
         self._llm = llm
         self._sessions: dict[RTCPeerConnection, _Session] = {}
         self._endpoint = OfferEndpoint(self._on_peer, max_peers=_MAX_PEERS)
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
         #: What pages run with ``?autotest=1`` posted to ``/autotest``, in arrival order.
         self.autotest_results: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=16)
 
-    @property
-    def port(self) -> int:
-        """The bound port (raises ``RuntimeError`` before :meth:`start`)."""
-        if self._port is None:
-            raise RuntimeError("the demo server is not started")
-        return self._port
+    _what = "the demo server"
 
     @property
     def url(self) -> str:
         """The page's URL, e.g. ``http://127.0.0.1:8080/``."""
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self.port}/"
+        return self._base_url() + "/"
 
     @property
     def agents(self) -> list[DemoAgent]:
@@ -181,37 +171,8 @@ class DemoServer:
         app.on_shutdown.append(self._on_shutdown)
         return app
 
-    async def start(self) -> None:
-        """Bind and serve."""
-        if self._runner is not None:
-            return
-        runner = web.AppRunner(self.make_app(), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._requested_port)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
-
-    async def close(self) -> None:
-        """Close every peer and agent and stop serving (idempotent)."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            with contextlib.suppress(Exception):
-                await runner.cleanup()
+    async def _closed(self) -> None:
         await self._close_sessions()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
 
     # -- routes ---------------------------------------------------------------------------------
 
