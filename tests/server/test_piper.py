@@ -25,7 +25,6 @@ from speakwire.server.engine import (
     EndEvent,
     Engine,
     EngineEvent,
-    ErrorEvent,
     PhonemeTiming,
     WordsEvent,
     WordTiming,
@@ -41,6 +40,7 @@ from speakwire.server.piper import (
     speech_end,
 )
 from tests.server.conftest import collect, connect, decode, request, rms
+from tests.server.recorder import Recorder
 
 TEN_WORDS = "The quick brown fox jumps over the lazy dog today."
 RATE = 22050
@@ -64,26 +64,6 @@ def piper() -> Iterator[PiperEngine]:
 def ten_words(piper: PiperEngine) -> tuple[np.ndarray, list[WordTiming]]:
     result = piper.synthesize(TEN_WORDS)
     return result.audio, result.words
-
-
-class Recorder:
-    """An on_event callback that keeps every event, with the time it arrived."""
-
-    def __init__(self) -> None:
-        self.events: list[EngineEvent] = []
-        self.times: list[float] = []
-        self.done = threading.Event()
-
-    def __call__(self, event: EngineEvent) -> None:
-        self.events.append(event)
-        self.times.append(time.perf_counter())
-        if isinstance(event, EndEvent | ErrorEvent):
-            self.done.set()
-
-    @property
-    def audio(self) -> np.ndarray:
-        chunks = [e.samples for e in self.events if isinstance(e, AudioEvent)]
-        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 
 
 def band_fraction(audio: np.ndarray, rate: int, lo: float, hi: float) -> float:
