@@ -21,6 +21,7 @@ from speakwire.protocol.messages import Chunk, GenerationConfig, OutputFormat, W
 from speakwire.server import TTSServer
 from speakwire.transport.websocket import TTSConnection
 from speakwire.wavfile import read_wav
+from tests.needs import module
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -199,8 +200,8 @@ async def test_pipecat_agent_reports_only_the_words_played_before_the_barge_in(t
 
 
 async def test_telephony_twilio_simulated_call_is_cleared_on_the_key_press(tmp_path: Path) -> None:
-    pytest.importorskip("fastapi")
-    pytest.importorskip("uvicorn")
+    module("fastapi", "pip install 'speakwire[telephony]'")
+    module("uvicorn", "pip install 'speakwire[telephony]'")
     run_example("telephony_twilio.py", tmp_path)
     events = json.loads((tmp_path / "telephony_twilio.events.json").read_text())
     pressed = next(e["t"] for e in events if e["event"] == "dtmf sent")

@@ -8,7 +8,6 @@ any chunking and across speed changes, and where markers land against the ideal 
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import pytest
 
 from speakwire.dsp import Stretcher, time_stretch
 from speakwire.dsp.wsola import WsolaLayout
+from tests.needs import missing
 
 from . import metrics as m
 from .test_wsola import run, run_schedule
@@ -27,9 +27,7 @@ def require(tool: str) -> None:
     """Skip without ``tool``, unless CI=true: there a missing anchor is a broken environment."""
     if m.have(tool):
         return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{tool} is not installed (CI=true): .ci/run installs it with apt-get")
-    pytest.skip(f"{tool} is not installed: the comparison with it cannot run")
+    missing(f"{tool} is not installed (apt-get install sox soundstretch): the comparison with it cannot run")
 
 
 # -- duration and pitch ----------------------------------------------------------------------

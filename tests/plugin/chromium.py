@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from tests.needs import missing
 
 FLAGS = (
     "--headless",
@@ -45,9 +45,8 @@ def chromium_path() -> str:
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return candidate
     message = "headless Chromium is not installed (apt-get install chromium, or set $CHROMIUM)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{message}; CI must run the browser tests")
-    pytest.skip(message)
+    missing(message)
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager

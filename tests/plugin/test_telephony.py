@@ -23,8 +23,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-fastapi = pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
+from tests.needs import module
+
+fastapi = module("fastapi", "pip install 'speakwire[telephony]'")
+uvicorn = module("uvicorn", "pip install 'speakwire[telephony]'")
 
 from pipecat.frames.frames import EndFrame, InterruptionFrame  # noqa: E402
 from pipecat.pipeline.pipeline import Pipeline  # noqa: E402
