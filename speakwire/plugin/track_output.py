@@ -25,6 +25,11 @@ at a change of context or input rate, and at ``EndFrame``.
 Audio frames are consumed (the track plays them); every other frame is passed on unchanged. When
 more than ``max_queued_s`` of audio waits in the track, the processor waits for it to drain
 rather than fill the ring: the producer is paced by playout, as pipecat's own output transport is.
+The wait is bounded: once the track has ended (the peer went away and aiortc stopped it, so
+nothing reads the ring again) audio frames are dropped at once, and if a live track does not drain
+within the time its queued audio takes to play plus one second (its reader stalled), the frame is
+dropped; both are counted in :attr:`TrackOutputProcessor.undelivered_frames`. A pipeline never
+blocks for good on a track nobody plays.
 """
 
 from __future__ import annotations
@@ -53,6 +58,9 @@ __all__ = ["TrackOutputProcessor", "default_quality"]
 
 # Interrupted contexts remembered to drop their late frames; older ones cannot still be in flight.
 _MAX_INTERRUPTED_CONTEXTS: Final = 256
+# Beyond the audio's own playing time, how long a live track may take to make room: aiortc's
+# sender reads every 20 ms, so a second without progress means it stalled.
+_DRAIN_GRACE_S: Final = 1.0
 
 
 def default_quality(track_rate: int) -> Quality:
@@ -65,9 +73,10 @@ class TrackOutputProcessor(FrameProcessor):
 
     ``quality`` is the soxr preset for converting to the track's rate (default:
     :func:`default_quality`). ``max_queued_s`` bounds the audio waiting in the track before the
-    processor waits for playout. ``forward_audio`` also passes audio frames downstream after writing
-    them (off by default: the track is the pipeline's audio sink). Other keyword arguments go to
-    :class:`~pipecat.processors.frame_processor.FrameProcessor`.
+    processor waits for playout (see the module docstring for how long); it may not exceed the
+    track's capacity (``ValueError``). ``forward_audio`` also passes audio frames downstream after
+    writing them (off by default: the track is the pipeline's audio sink). Other keyword arguments
+    go to :class:`~pipecat.processors.frame_processor.FrameProcessor`.
     """
 
     def __init__(
@@ -82,14 +91,21 @@ class TrackOutputProcessor(FrameProcessor):
         super().__init__(**kwargs)
         if not max_queued_s > 0:
             raise ValueError(f"max_queued_s must be positive, got {max_queued_s!r}")
+        capacity = track.capacity_samples
+        max_queued = round(max_queued_s * track.sample_rate)
+        if max_queued > capacity:
+            raise ValueError(
+                f"max_queued_s {max_queued_s!r} exceeds the track's capacity of {capacity / track.sample_rate:g} s"
+            )
         self._track = track
         self._quality: Quality = quality if quality is not None else default_quality(track.sample_rate)
-        self._max_queued = round(max_queued_s * track.sample_rate)
+        self._max_queued = max_queued
         self._forward_audio = forward_audio
         self._resampler: StreamResampler | None = None
         self._context: str | None = None
         self._interrupted: deque[str] = deque(maxlen=_MAX_INTERRUPTED_CONTEXTS)
         self._dropped_frames = 0
+        self._undelivered_frames = 0
         self._epoch = 0
 
     @property
@@ -107,6 +123,11 @@ class TrackOutputProcessor(FrameProcessor):
         """Audio frames dropped because they belonged to audio an interruption had cut."""
         return self._dropped_frames
 
+    @property
+    def undelivered_frames(self) -> int:
+        """Audio frames dropped because the track had ended or stopped draining."""
+        return self._undelivered_frames
+
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         """Write audio into the track, clear it on interruption, pass everything else on."""
         if isinstance(frame, InterruptionFrame):
@@ -122,7 +143,7 @@ class TrackOutputProcessor(FrameProcessor):
                 await self.push_frame(frame, direction)
             return
         if isinstance(frame, (TTSStoppedFrame, EndFrame)):
-            self._flush()
+            await self._flush()
         await self.push_frame(frame, direction)
 
     def _interrupt(self) -> None:
@@ -139,24 +160,30 @@ class TrackOutputProcessor(FrameProcessor):
         if context is not None and context in self._interrupted:
             self._dropped_frames += 1
             return
+        if self._track.readyState != "live":
+            self._undelivered_frames += 1
+            return
         try:
             samples = self._mono(frame)
             if self._resampler is None or self._resampler.in_rate != frame.sample_rate:
-                self._flush()
+                await self._flush()
                 self._resampler = StreamResampler(frame.sample_rate, self._track.sample_rate, self._quality)
         except AudioFormatError as exc:
             await self.push_error(f"{self} cannot play {frame}: {exc}", exception=exc)
             return
         if context != self._context:
-            self._flush()
+            await self._flush()
             self._context = context
         out = self._resampler.process(samples)
         epoch = self._epoch
-        await self._wait_for_room(out.size)
+        room = await self._wait_for_room(out.size)
         # An interruption during the wait cancels this task in a queued processor; in direct mode
         # it does not, and these samples belong to the audio that was cut.
         if epoch != self._epoch:
             self._dropped_frames += 1
+            return
+        if not room:
+            self._undelivered_frames += 1
             return
         if out.size:
             try:
@@ -176,15 +203,27 @@ class TrackOutputProcessor(FrameProcessor):
             samples = samples.reshape(-1, channels).mean(axis=1, dtype=np.float32)
         return samples
 
-    def _flush(self) -> None:
+    async def _flush(self) -> None:
         if self._resampler is None:
             return
         tail = self._resampler.flush()
-        if tail.size:
-            # The tail belongs to audio already written: no new mark.
-            self._track.write(tail)
+        if tail.size and self._track.readyState == "live":
+            try:
+                # The tail belongs to audio already written: no new mark.
+                self._track.write(tail)
+            except RingOverflowError as exc:
+                await self.push_error(f"{self} cannot queue the resampler's tail: {exc}", exception=exc)
 
-    async def _wait_for_room(self, n: int) -> None:
-        period = self._track.frame_samples / self._track.sample_rate
-        while self._track.queued_samples + n > self._max_queued and self._track.queued_samples > 0:
+    async def _wait_for_room(self, n: int) -> bool:
+        """Wait until ``n`` samples fit under ``max_queued_s``; False if the track ended or stalled."""
+        track = self._track
+        rate = track.sample_rate
+        period = track.frame_samples / rate
+        loop = asyncio.get_running_loop()
+        excess = track.queued_samples + n - self._max_queued
+        deadline = loop.time() + max(excess, 0) / rate + _DRAIN_GRACE_S
+        while track.queued_samples + n > self._max_queued and track.queued_samples > 0:
+            if track.readyState != "live" or loop.time() >= deadline:
+                return False
             await asyncio.sleep(period)
+        return track.readyState == "live"

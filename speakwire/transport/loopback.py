@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import aioice.ice
@@ -34,19 +35,40 @@ def loopback_configuration() -> RTCConfiguration:
     return RTCConfiguration(iceServers=[])
 
 
+# Set by loopback_candidates(); tasks aioice spawns while gathering copy the context and see it.
+_loopback_gathering: contextvars.ContextVar[bool] = contextvars.ContextVar("speakwire_loopback", default=False)
+_original_get_host_addresses: Callable[[bool, bool], list[str]] = aioice.ice.get_host_addresses
+
+
+def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    if _loopback_gathering.get():
+        return list(_LOOPBACK)
+    return _original_get_host_addresses(use_ipv4, use_ipv6)
+
+
+def _install_patch() -> None:
+    # Installed once for the process and never removed: a per-use save/restore breaks when two
+    # gatherings overlap (the first to finish restores the real lookup under the second). The
+    # replacement defers to the original outside loopback_candidates(), so others are unaffected.
+    if aioice.ice.get_host_addresses is not _get_host_addresses:
+        aioice.ice.get_host_addresses = _get_host_addresses
+
+
 @contextlib.contextmanager
 def loopback_candidates() -> Iterator[None]:
-    """While active, aioice gathers 127.0.0.1 as its only host candidate (process-wide patch).
+    """While active in this task, aioice gathers 127.0.0.1 as its only host candidate.
 
-    Only candidate gathering (``setLocalDescription``) needs it; connection checks afterwards use
-    the gathered candidates.
+    The scope is the current :mod:`contextvars` context (this task and the tasks it creates), so
+    overlapping uses in concurrent tasks do not interfere and code outside any use gathers the
+    machine's real addresses. Only candidate gathering (``setLocalDescription``) needs it;
+    connection checks afterwards use the gathered candidates.
     """
-    original = aioice.ice.get_host_addresses
-    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: list(_LOOPBACK)
+    _install_patch()
+    token = _loopback_gathering.set(True)
     try:
         yield
     finally:
-        aioice.ice.get_host_addresses = original
+        _loopback_gathering.reset(token)
 
 
 @dataclass

@@ -8,7 +8,19 @@ The app owner supplies a callback receiving each new :class:`~aiortc.RTCPeerConn
 the offer is applied, so it can ``addTrack`` a :class:`~speakwire.transport.track.RingBufferAudioTrack`,
 or create a transceiver and force a codec with ``setCodecPreferences`` (after
 ``setRemoteDescription`` aiortc silently ignores that), and register ``"track"`` handlers for the
-caller's microphone. Peers that fail or close are forgotten; the rest are closed on shutdown.
+caller's microphone. Peers that fail or close are forgotten, and so is a peer not connected within
+``connect_timeout`` seconds of its answer (closed first): an offer whose candidates never work
+would otherwise hold one of the ``max_peers`` slots, and whatever the app set up for it, forever.
+The rest are closed on shutdown.
+
+Any web page can make a browser ``POST`` here, so requests are checked before the body is read:
+the ``Content-Type`` must be ``application/json`` (HTTP 415 otherwise; that is also what makes a
+cross-site ``fetch`` need a CORS preflight, which this server never grants), and an ``Origin``
+header, when present, must be the server's own (``http://<address>:<port>`` of the socket the
+request came in on, or ``http://localhost:<port>`` on a loopback address) or listed in
+``allowed_origins`` (HTTP 403 otherwise). The socket address rather than the ``Host`` header is
+the reference, so a DNS-rebound name does not pass. Requests without ``Origin`` (not from a
+browser) are not refused for it.
 
 Loopback by default (the team rule: WebRTC traffic must not leave 127.0.0.0/8): the HTTP server
 binds 127.0.0.1, peers get ``iceServers=[]`` (aiortc otherwise asks a public STUN server), the
@@ -18,9 +30,9 @@ them. Chromium signals no loopback candidate at all and still connects, as peer-
 checks ours. ``loopback_only=False`` lifts all of that but the bind address, which is the caller's
 choice.
 
-Bad requests get HTTP 400 with ``{"error": message, "field": name}``; ``field`` is ``null`` when
-the whole body is at fault. Bodies are bounded (64 KiB by default) and so is the number of live
-peers (HTTP 503 beyond it).
+Bad requests get HTTP 400 (or the 403, 413 and 415 above) with ``{"error": message, "field":
+name}``; ``field`` is ``null`` when the whole body is at fault. Bodies are bounded (64 KiB by
+default) and so is the number of live peers (HTTP 503 beyond it).
 """
 
 from __future__ import annotations
@@ -33,7 +45,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from types import TracebackType
 from typing import Final, Self
 
@@ -43,6 +55,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from speakwire.transport.loopback import loopback_candidates, loopback_configuration
 
 __all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_PEERS",
     "LocalSite",
@@ -61,6 +74,9 @@ PeerCallback = Callable[[RTCPeerConnection], Awaitable[None] | None]
 DEFAULT_MAX_BODY_BYTES: Final = 64 * 1024
 #: Live peers one endpoint holds before answering 503.
 DEFAULT_MAX_PEERS: Final = 64
+#: Seconds after its answer within which a peer must connect, or it is closed and forgotten.
+#: Loopback peers connect in well under a second; a browser's ICE checks take a few.
+DEFAULT_CONNECT_TIMEOUT: Final = 20.0
 
 _CANDIDATE_LINE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ (\S+) \d+ typ \S+.*$")
 
@@ -104,7 +120,9 @@ class OfferEndpoint:
     ``on_peer`` is called (and awaited if it returns an awaitable) with each new peer before its
     offer is applied. ``configuration`` defaults to ``RTCConfiguration(iceServers=[])``.
     ``loopback_only`` strips non-loopback candidates from offers and answers from 127.0.0.1 only.
-    Install it in an app with :meth:`install`, or use :class:`SignalingServer`.
+    ``connect_timeout`` is how long after its answer a peer may take to connect before it is
+    closed and forgotten. ``allowed_origins`` are exact ``Origin`` values (``"https://app.example"``)
+    accepted besides the server's own. Install it in an app with :meth:`install`, or use :class:`SignalingServer`.
     """
 
     def __init__(
@@ -115,7 +133,13 @@ class OfferEndpoint:
         loopback_only: bool = True,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_peers: int = DEFAULT_MAX_PEERS,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        allowed_origins: Collection[str] = (),
     ) -> None:
+        if not connect_timeout > 0:
+            raise ValueError(f"connect_timeout must be positive, got {connect_timeout!r}")
+        if isinstance(allowed_origins, str):
+            raise TypeError("allowed_origins must be a collection of origins, not one string")
         if max_body_bytes <= 0:
             raise ValueError(f"max_body_bytes must be positive, got {max_body_bytes!r}")
         if max_peers <= 0:
@@ -125,7 +149,10 @@ class OfferEndpoint:
         self._loopback_only = loopback_only
         self._max_body = max_body_bytes
         self._max_peers = max_peers
+        self._connect_timeout = connect_timeout
+        self._allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
         self._peers: dict[str, RTCPeerConnection] = {}
+        self._deadlines: dict[str, asyncio.Task[None]] = {}
 
     @property
     def peers(self) -> dict[str, RTCPeerConnection]:
@@ -144,11 +171,15 @@ class OfferEndpoint:
         """Close every live peer (idempotent)."""
         peers = list(self._peers.values())
         self._peers.clear()
+        for task in self._deadlines.values():
+            task.cancel()
+        self._deadlines.clear()
         await asyncio.gather(*(pc.close() for pc in peers), return_exceptions=True)
 
     async def handle_offer(self, request: web.Request) -> web.Response:
         """Answer one offer; see the module docstring for the request and response shapes."""
         try:
+            self._check_origin(request)
             offer = await self._read_offer(request)
         except _BadRequest as bad:
             return _error(str(bad), bad.field, bad.status)
@@ -180,8 +211,26 @@ class OfferEndpoint:
         except Exception as exc:
             await self._drop(pc_id)
             return _error(f"no answer could be made for the offer: {exc}", "sdp", 400)
+        self._start_deadline(pc_id, pc)
         answer = pc.localDescription
         return web.json_response({"sdp": answer.sdp, "type": answer.type, "pc_id": pc_id})
+
+    def _check_origin(self, request: web.Request) -> None:
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.rstrip("/").lower() not in self._own_origins(request):
+            raise _BadRequest(f"origin {origin!r} may not make offers here", None, 403)
+        if request.content_type != "application/json":
+            raise _BadRequest(f"Content-Type must be application/json, got {request.content_type!r}", None, 415)
+
+    def _own_origins(self, request: web.Request) -> frozenset[str]:
+        sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+        if not sockname:
+            return self._allowed_origins
+        address, port = sockname[0], sockname[1]
+        hosts = [f"[{address}]" if ":" in address else address]
+        if _is_loopback(address):
+            hosts.append("localhost")
+        return self._allowed_origins | {f"{request.scheme}://{host}:{port}".lower() for host in hosts}
 
     async def _read_offer(self, request: web.Request) -> RTCSessionDescription:
         if request.content_length is not None and request.content_length > self._max_body:
@@ -212,10 +261,29 @@ class OfferEndpoint:
     def _forget_when_done(self, pc_id: str, pc: RTCPeerConnection) -> None:
         @pc.on("connectionstatechange")
         async def _changed() -> None:
-            if pc.connectionState in ("failed", "closed"):
+            if pc.connectionState == "connected":
+                deadline = self._deadlines.pop(pc_id, None)
+                if deadline is not None:
+                    deadline.cancel()
+            elif pc.connectionState in ("failed", "closed"):
                 await self._drop(pc_id)
 
+    def _start_deadline(self, pc_id: str, pc: RTCPeerConnection) -> None:
+        async def expire() -> None:
+            await asyncio.sleep(self._connect_timeout)
+            self._deadlines.pop(pc_id, None)
+            if pc.connectionState != "connected" and self._peers.get(pc_id) is pc:
+                _log.info("peer %s not connected %.1f s after its answer: closing it", pc_id, self._connect_timeout)
+                await self._drop(pc_id)
+
+        if pc.connectionState == "connected" or pc_id not in self._peers:
+            return
+        self._deadlines[pc_id] = asyncio.create_task(expire(), name=f"signaling-deadline-{pc_id}")
+
     async def _drop(self, pc_id: str) -> None:
+        deadline = self._deadlines.pop(pc_id, None)
+        if deadline is not None and deadline is not asyncio.current_task():
+            deadline.cancel()
         pc = self._peers.pop(pc_id, None)
         if pc is not None:
             await pc.close()
@@ -306,6 +374,8 @@ class SignalingServer(LocalSite):
         loopback_only: bool = True,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_peers: int = DEFAULT_MAX_PEERS,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        allowed_origins: Collection[str] = (),
     ) -> None:
         self.endpoint: Final = OfferEndpoint(
             on_peer,
@@ -313,6 +383,8 @@ class SignalingServer(LocalSite):
             loopback_only=loopback_only,
             max_body_bytes=max_body_bytes,
             max_peers=max_peers,
+            connect_timeout=connect_timeout,
+            allowed_origins=allowed_origins,
         )
         super().__init__(host, port)
         self._path = path

@@ -223,6 +223,11 @@ class RingBufferAudioTrack(MediaStreamTrack):
             return dropped
 
     @property
+    def capacity_samples(self) -> int:
+        """How many samples the track can hold queued (``capacity_s`` at its rate)."""
+        return self._ring.capacity
+
+    @property
     def queued_samples(self) -> int:
         """Samples written and not yet sent."""
         return self._ring.fill

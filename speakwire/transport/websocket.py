@@ -19,9 +19,16 @@ Decisions where the protocol is silent:
   event, it ends the iteration. **Errors are exceptions**, raised by the iteration after every
   event received before them: an ``error`` frame as :class:`ServerError` (with the server's
   ``status_code``), a lost connection as :class:`TTSConnectionError`, a server breaking the
-  protocol for this context as :class:`ProtocolError`. An exception cannot be ignored by a loop
-  that only looks at ``event.type``, and a voice agent must notice a turn that failed.
-- **Backpressure, no loss**: each context's queue holds ``queue_size`` events. When it is full the
+  protocol for this context as :class:`ProtocolError`. A frame for a context that cannot be
+  decoded (bad base64, say) leaves a gap in its audio: the context fails with
+  :class:`ProtocolError` and is cancelled on the server, which frees its ``max_contexts`` slot.
+  An exception cannot be ignored by a loop that only looks at ``event.type``, and a voice agent
+  must notice a turn that failed.
+- **Backpressure, no loss**: each context's queue holds ``queue_size`` events and at most
+  ``queue_bytes`` of decoded audio (4 MiB by default: over 80 s of 24 kHz 16-bit audio, while the
+  server sends ~200 ms chunks; counting events alone would let 256 large frames pile up). One
+  frame is bounded by ``max_message_bytes`` (1 MiB by default, some 5000 times a 200 ms chunk),
+  so a context holds at most about ``queue_bytes + max_message_bytes``. When it is full the
   reader waits for the consumer, so frames stay in the socket (websockets stops reading after
   ``max_queue`` frames, then TCP pushes back on the server). Audio of a live context is never
   dropped; the price is that one stalled consumer holds back every context of the connection.
@@ -35,8 +42,10 @@ Decisions where the protocol is silent:
   contexts that had not pushed yet carry over. Reconnection starts at once in the background; if
   it gives up, the next push starts a new round. 401/403 is never retried.
 - **Secrets**: the API key is sent as ``X-API-Key`` (or ``?api_key=`` with ``auth="query"``) and
-  is scrubbed from reprs, error messages and every log record of the ``speakwire.transport``
-  logger, which is also the logger websockets writes the handshake to at DEBUG.
+  is scrubbed, raw and percent-encoded (``quote``/``quote_plus``: the request line carries a
+  query key encoded), from reprs, error messages and every log record of the
+  ``speakwire.transport`` logger, tracebacks included (formatted and scrubbed before the record
+  is emitted). That is also the logger websockets writes the handshake to at DEBUG.
 """
 
 from __future__ import annotations
@@ -45,12 +54,14 @@ import asyncio
 import contextlib
 import logging
 import random
+import sys
+import traceback
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.client import process_exception as websockets_process_exception
@@ -83,6 +94,8 @@ from speakwire.protocol.messages import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_QUEUE_BYTES",
     "DEFAULT_VERSION",
     "ConnectionStats",
     "Context",
@@ -95,6 +108,12 @@ logger = logging.getLogger("speakwire.transport")
 
 #: ``Cartesia-Version`` sent by default (what pipecat 1.14 sends).
 DEFAULT_VERSION: Final = "2026-03-01"
+
+#: Largest frame a :class:`TTSConnection` accepts by default. The server sends ~200 ms chunks
+#: (under 40 KB of base64 at 48 kHz 16-bit); a larger frame closes the connection (1009).
+DEFAULT_MAX_MESSAGE_BYTES: Final = 1024 * 1024
+#: Decoded audio one context queues by default before the reader waits for its consumer.
+DEFAULT_QUEUE_BYTES: Final = 4 * 1024 * 1024
 
 #: What iterating a :class:`Context` yields.
 TTSEvent: TypeAlias = Chunk | WordTimestamps | PhonemeTimestamps | FlushDone
@@ -185,6 +204,16 @@ class _RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
                 text = str(msg) % args if args else str(msg)
             except (TypeError, ValueError):
                 text = " ".join(map(str, (msg, *args)))
+            # An exception's text can quote the handshake URL: format the traceback here and
+            # scrub it with the message, instead of letting the handler format it unscrubbed.
+            exc_info = kwargs.pop("exc_info", None)
+            if exc_info:
+                if exc_info is True:
+                    exc_info = sys.exc_info()
+                if isinstance(exc_info, BaseException):
+                    exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+                if isinstance(exc_info, tuple) and exc_info[1] is not None:
+                    text = text + "\n" + "".join(traceback.format_exception(*exc_info)).rstrip("\n")
             msg, args = _scrub(text, self._secrets), ()
         super().log(level, msg, *args, **kwargs)
 
@@ -196,15 +225,18 @@ def _scrub(text: str, secrets: tuple[str, ...]) -> str:
 
 
 def _secrets_of(url: str, api_key: str | None) -> tuple[str, ...]:
-    """The API key and any credential a caller wrote into the URL (query key, userinfo)."""
+    """The API key and any credential a caller wrote into the URL (query key, userinfo), each also
+    in the percent-encoded forms a URL carries it in (a key with ``/``, ``+`` or ``=`` is logged
+    encoded in the handshake's request line with ``auth="query"``)."""
     parts = urlsplit(url)
     found = [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if k in _QUERY_SECRETS and v]
     if parts.password:
         found.append(parts.password)
     if api_key:
         found.append(api_key)
+    forms = {form for secret in found for form in (secret, quote(secret), quote(secret, safe=""), quote_plus(secret))}
     # Longest first, so a secret containing another is replaced whole.
-    return tuple(sorted(set(found), key=len, reverse=True))
+    return tuple(sorted(forms, key=len, reverse=True))
 
 
 def _redact_url(url: str, secrets: tuple[str, ...]) -> str:
@@ -217,6 +249,11 @@ def _redact_url(url: str, secrets: tuple[str, ...]) -> str:
     return _scrub(urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="*"), parts.fragment)), secrets)
 
 
+def _size(event: TTSEvent) -> int:
+    # Only audio is large; timestamps and flush markers are bounded by the frame limit anyway.
+    return len(event.audio) if isinstance(event, Chunk) else 0
+
+
 class _Inbox:
     """One context's bounded event queue: one producer (the reader), one consumer (the iteration).
 
@@ -225,9 +262,12 @@ class _Inbox:
     what is queued and wakes a blocked producer and consumer at once (cancel).
     """
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, max_bytes: int) -> None:
         self._items: deque[TTSEvent] = deque()
         self._maxsize = maxsize
+        self._max_bytes = max_bytes
+        #: Decoded audio bytes queued; one event is always admitted, however large.
+        self.queued_bytes = 0
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
@@ -237,7 +277,7 @@ class _Inbox:
 
     @property
     def full(self) -> bool:
-        return len(self._items) >= self._maxsize
+        return len(self._items) >= self._maxsize or (self.queued_bytes >= self._max_bytes and bool(self._items))
 
     async def put(self, item: TTSEvent) -> bool:
         """Queue ``item``, waiting for space; False if the inbox ended or was discarded meanwhile."""
@@ -247,6 +287,7 @@ class _Inbox:
         if self.ended:
             return False
         self._items.append(item)
+        self.queued_bytes += _size(item)
         self._readable.set()
         return True
 
@@ -262,6 +303,7 @@ class _Inbox:
         """Drop everything queued and end now."""
         self.discarded = self.ended = True
         self._items.clear()
+        self.queued_bytes = 0
         self._readable.set()
         self._writable.set()
 
@@ -276,6 +318,7 @@ class _Inbox:
             self._readable.clear()
             await self._readable.wait()
         item = self._items.popleft()
+        self.queued_bytes -= _size(item)
         self._writable.set()
         return item
 
@@ -303,6 +346,7 @@ class Context:
         max_buffer_delay_ms: int | None,
         generation_config: GenerationConfig | None,
         queue_size: int,
+        queue_bytes: int,
     ) -> None:
         self._connection = connection
         self._machine = machine
@@ -314,7 +358,7 @@ class Context:
         self.add_phoneme_timestamps = add_phoneme_timestamps
         self.max_buffer_delay_ms = max_buffer_delay_ms
         self.generation_config = generation_config
-        self._inbox = _Inbox(queue_size)
+        self._inbox = _Inbox(queue_size, queue_bytes)
         #: The socket generation this context first sent on; None until its first push.
         self._generation: int | None = None
         self._lost: TTSConnectionError | None = None
@@ -392,8 +436,9 @@ class TTSConnection:
     ``auth="header"`` sends ``X-API-Key`` and ``Cartesia-Version`` headers (Cartesia's hosted API
     and speakwire's server); ``auth="query"`` appends ``api_key`` and ``cartesia_version`` to
     the URL instead. ``max_contexts`` bounds the contexts alive at once (a 429
-    :class:`ProtocolError` beyond it), ``queue_size`` each context's event queue,
-    ``max_message_bytes`` one received frame. ``ping_interval``/``ping_timeout`` are websockets'
+    :class:`ProtocolError` beyond it), ``queue_size`` and ``queue_bytes`` each context's event
+    queue (events, and bytes of decoded audio), ``max_message_bytes`` one received frame (a larger
+    one closes the connection with 1009). ``ping_interval``/``ping_timeout`` are websockets'
     keepalive (``None`` disables it); ``open_timeout`` bounds a handshake and ``close_timeout``
     the wait for a peer to finish closing (also after a keepalive timeout).
     """
@@ -412,12 +457,16 @@ class TTSConnection:
         close_timeout: float = 10.0,
         reconnect: ReconnectPolicy | None = None,
         queue_size: int = 256,
-        max_message_bytes: int = 8 * 1024 * 1024,
+        queue_bytes: int = DEFAULT_QUEUE_BYTES,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         if auth not in ("header", "query"):
             raise ValueError(f"auth must be 'header' or 'query', got {auth!r}")
         if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
             raise ValueError(f"queue_size must be an int >= 1, got {queue_size!r}")
+        for name, value in (("queue_bytes", queue_bytes), ("max_message_bytes", max_message_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         scheme = urlsplit(url).scheme
         if scheme not in ("ws", "wss"):
             raise ValueError(f"url must start with ws:// or wss://, got scheme {scheme!r}")
@@ -434,7 +483,9 @@ class TTSConnection:
         self.close_timeout = close_timeout
         self.reconnect = reconnect or ReconnectPolicy()
         self.queue_size = queue_size
+        self.queue_bytes = queue_bytes
         self.max_message_bytes = max_message_bytes
+        self._frame_limits = Limits(max_message_bytes=max_message_bytes)
         self._registry = ContextRegistry("client", Limits(max_open_contexts=max_contexts))
         self._contexts: dict[str, Context] = {}
         self._log = _RedactingLogger(logger, self._secrets)
@@ -542,6 +593,7 @@ class TTSConnection:
             max_buffer_delay_ms=max_buffer_delay_ms,
             generation_config=generation_config,
             queue_size=self.queue_size,
+            queue_bytes=self.queue_bytes,
         )
         self._contexts[machine.context_id] = ctx
         return ctx
@@ -751,12 +803,20 @@ class TTSConnection:
         except ProtocolError as exc:
             self._malformed += 1
             self._log.warning("dropped a malformed frame from %s: %s", self.url, exc)
-            context_id = None
-            with contextlib.suppress(ProtocolError):
-                context_id = context_id_of(frame)
+            # The frame passed the socket's size limit, so read its id under the same limit: a
+            # smaller one would miss the id of a large bad chunk and leave a silent gap.
+            context_id = context_id_of(frame, self._frame_limits)
             ctx = self._contexts.get(context_id) if context_id else None
             if ctx is not None:
-                self._end(ctx, exc)
+                # Part of the turn is lost: fail it loudly, and cancel it so that the server
+                # stops generating and the context stops counting against max_contexts.
+                error = ProtocolError(
+                    f"context {ctx.context_id!r}: malformed frame: {exc}",
+                    field=exc.field,
+                    status_code=exc.status_code,
+                    context_id=ctx.context_id,
+                )
+                await self._abandon(ws, ctx, error)
             return
         verdict = self._registry.receive_message(message)
         if message.context_id is None:
@@ -799,3 +859,11 @@ class TTSConnection:
     def _end(self, ctx: Context, error: Exception | None) -> None:
         ctx._inbox.end(error)
         self._contexts.pop(ctx.context_id, None)
+
+    async def _abandon(self, ws: ClientConnection, ctx: Context, error: Exception) -> None:
+        """End ``ctx`` with ``error`` after its queued events, retire it and cancel it on the server."""
+        cancel = ctx._machine.send_cancel()
+        self._end(ctx, error)
+        if cancel is not None and ctx._generation == self._generation:
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(encode(cancel))

@@ -192,3 +192,71 @@ async def test_a_bad_frame_is_reported_upstream_and_later_audio_still_plays() ->
     np.testing.assert_array_equal(
         playout.signal()[np.flatnonzero(playout.signal())[0] :][:3200], float_to_s16(good) / np.float32(32768)
     )
+
+
+def _one_second(rate: int = 16000) -> TTSAudioRawFrame:
+    return TTSAudioRawFrame(audio=_pcm(tone(rate, 440, 1.0)), sample_rate=rate, num_channels=1, context_id="c")
+
+
+async def test_audio_for_an_ended_track_is_dropped_at_once_even_by_a_writer_already_waiting() -> None:
+    track = RingBufferAudioTrack(16000)
+    processor = TrackOutputProcessor(track, quality="LQ")
+    # Nothing reads the track: 5 s fill max_queued_s, the sixth second waits for playout.
+    for _ in range(5):
+        await processor._write_audio(_one_second())
+    queued = track.queued_samples
+    assert queued >= 5 * 16000 - 400
+    waiting = asyncio.ensure_future(processor._write_audio(_one_second()))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    loop = asyncio.get_running_loop()
+    stopped_at = loop.time()
+    track.stop()  # the peer went away: aiortc stops the track and nobody calls recv() again
+    async with asyncio.timeout(1):
+        await waiting
+    assert loop.time() - stopped_at < 0.1  # within a couple of 20 ms polls
+    started = loop.time()
+    await processor._write_audio(_one_second())
+    assert loop.time() - started < 0.01
+    assert (processor.undelivered_frames, processor.dropped_frames, track.queued_samples) == (2, 0, queued)
+
+
+async def test_a_live_track_that_stops_draining_bounds_the_wait_by_its_playing_time() -> None:
+    track = RingBufferAudioTrack(16000)
+    processor = TrackOutputProcessor(track, quality="LQ", max_queued_s=1.0)
+    half = TTSAudioRawFrame(audio=_pcm(tone(16000, 440, 0.5)), sample_rate=16000, num_channels=1, context_id="c")
+    await processor._write_audio(half)
+    await processor._write_audio(half)
+    queued = track.queued_samples
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    # Live but never read (a stalled sender): wait the ~0.5 s the excess takes to play plus 1 s, then drop.
+    async with asyncio.timeout(5):
+        await processor._write_audio(half)
+    waited = loop.time() - started
+    expected = (queued + 8000 - 16000) / 16000 + 1.0
+    assert expected == pytest.approx(1.5, abs=0.03)
+    assert waited == pytest.approx(expected, abs=0.1)
+    assert (processor.undelivered_frames, track.queued_samples) == (1, queued)
+
+
+def test_max_queued_beyond_the_tracks_capacity_is_refused() -> None:
+    track = RingBufferAudioTrack(16000, capacity_s=2.0)
+    with pytest.raises(ValueError, match=r"max_queued_s 5.0 exceeds the track's capacity of 2 s"):
+        TrackOutputProcessor(track)
+    assert TrackOutputProcessor(track, max_queued_s=2.0).track is track
+
+
+async def test_a_tail_that_does_not_fit_is_reported_upstream_not_raised() -> None:
+    track = RingBufferAudioTrack(16000, capacity_s=1.0)
+    processor = TrackOutputProcessor(track, quality="HQ", max_queued_s=1.0)
+    track.write(np.zeros(16000, dtype=np.float32))  # full to the brim, and nothing reads it
+    _, up = await run_test(
+        processor,
+        # The resampler holds back the end of this frame; TTSStoppedFrame flushes it into the full ring.
+        frames_to_send=[*_tts_frames(tone(24000, 440, 0.02), 24000, "c"), TTSStoppedFrame()],
+        expected_down_frames=[TTSStoppedFrame],
+        expected_up_frames=[ErrorFrame],
+    )
+    assert "cannot queue the resampler's tail" in up[0].error
+    assert track.queued_samples == 16000

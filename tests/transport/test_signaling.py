@@ -17,6 +17,7 @@ from speakwire.transport.track import RingBufferAudioTrack
 from tests.transport.fixtures_track import Recorder, active_span, peak_frequency, rms, tone
 
 CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ (\S+) ", re.MULTILINE)
+JSON = {"Content-Type": "application/json"}
 
 
 async def _client_offer() -> RTCPeerConnection:
@@ -27,9 +28,11 @@ async def _client_offer() -> RTCPeerConnection:
     return client
 
 
-async def _post(url: str, body: bytes | str | dict[str, object]) -> tuple[int, dict[str, object]]:
+async def _post(
+    url: str, body: bytes | str | dict[str, object], headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, object]]:
     data = json.dumps(body) if isinstance(body, dict) else body
-    async with aiohttp.ClientSession() as session, session.post(url, data=data) as response:
+    async with aiohttp.ClientSession() as session, session.post(url, data=data, headers=headers or JSON) as response:
         return response.status, await response.json()
 
 
@@ -135,7 +138,7 @@ async def test_bad_requests_get_a_json_error_naming_the_field(
     async with SignalingServer(peers.append) as server:
         async with aiohttp.ClientSession() as session:
             data = json.dumps(body) if isinstance(body, dict) else body
-            async with session.post(server.url, data=data) as response:
+            async with session.post(server.url, data=data, headers=JSON) as response:
                 got_status = response.status
                 got = await response.json() if response.content_type == "application/json" else {}
         assert got_status == status
@@ -165,3 +168,95 @@ def test_strip_non_loopback_candidates_keeps_everything_else_byte_for_byte() -> 
         "a=candidate:5 1 udp 2122260223 ::1 50004 typ host\r\n"
         "a=end-of-candidates\r\n"
     )
+
+
+def _without_candidates(sdp: str) -> str:
+    return "".join(line for line in sdp.splitlines(True) if not line.startswith(("a=candidate", "a=end-of-candidates")))
+
+
+async def test_a_peer_that_never_connects_is_closed_and_forgotten_after_the_deadline() -> None:
+    created: list[RTCPeerConnection] = []
+    async with SignalingServer(created.append, connect_timeout=0.5, max_peers=1) as server:
+        stalled = await _client_offer()
+        healthy = await _client_offer()
+        try:
+            # No candidates: the peer can never connect, so it would hold the only slot for good.
+            status, _ = await _post(
+                server.url, {"sdp": _without_candidates(stalled.localDescription.sdp), "type": "offer"}
+            )
+            assert status == 200 and len(server.endpoint.peers) == 1
+            await asyncio.sleep(0.25)
+            assert created[0].connectionState != "closed" and len(server.endpoint.peers) == 1
+            status, _ = await _post(server.url, {"sdp": healthy.localDescription.sdp, "type": "offer"})
+            assert status == 503
+            async with asyncio.timeout(2):
+                while server.endpoint.peers:
+                    await asyncio.sleep(0.02)
+            assert created[0].connectionState == "closed"
+            # The slot is free again; a peer that does connect outlives the deadline.
+            status, answer = await _post(server.url, {"sdp": healthy.localDescription.sdp, "type": "offer"})
+            assert status == 200
+            await healthy.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+            await _connected(healthy)
+            await asyncio.sleep(1.0)
+            assert list(server.endpoint.peers) == [answer["pc_id"]]
+            assert created[1].connectionState == "connected"
+        finally:
+            await stalled.close()
+            await healthy.close()
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "message"),
+    [
+        ({"Content-Type": "text/plain"}, 415, "Content-Type must be application/json, got 'text/plain'"),
+        ({}, 415, "Content-Type must be application/json, got 'application/octet-stream'"),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, 415, "Content-Type must be application/json"),
+        ({"Content-Type": "application/json", "Origin": "https://evil.example"}, 403, "origin 'https://evil.example'"),
+        ({"Content-Type": "text/plain", "Origin": "https://evil.example"}, 403, "may not make offers here"),
+        ({"Content-Type": "application/json", "Origin": "null"}, 403, "origin 'null' may not make offers here"),
+        # DNS rebinding: the attacker's name resolves to 127.0.0.1, so Host and Origin agree.
+        (
+            {"Content-Type": "application/json", "Origin": "http://evil.example:{port}", "Host": "evil.example:{port}"},
+            403,
+            "may not make offers here",
+        ),
+        ({"Content-Type": "application/json", "Origin": "http://127.0.0.1:{other}"}, 403, "may not make offers here"),
+    ],
+)
+async def test_cross_site_and_non_json_offers_are_refused_before_a_peer_exists(
+    headers: dict[str, str], status: int, message: str
+) -> None:
+    created: list[RTCPeerConnection] = []
+    async with SignalingServer(created.append) as server:
+        client = await _client_offer()
+        try:
+            port = server.port
+            filled = {k: v.format(port=port, other=port + 1) for k, v in headers.items()}
+            async with aiohttp.ClientSession(skip_auto_headers=["Content-Type"]) as session:
+                body = json.dumps({"sdp": client.localDescription.sdp, "type": "offer"}).encode()
+                async with session.post(server.url, data=body, headers=filled) as response:
+                    got = (response.status, await response.json())
+        finally:
+            await client.close()
+    assert got[0] == status and got[1]["field"] is None and message in got[1]["error"]
+    assert created == []
+
+
+@pytest.mark.parametrize("origin", ["http://127.0.0.1:{port}", "http://localhost:{port}", "https://app.example"])
+async def test_same_origin_and_allow_listed_offers_are_answered(origin: str) -> None:
+    async with SignalingServer(lambda pc: None, allowed_origins=["https://app.example/"]) as server:
+        client = await _client_offer()
+        try:
+            headers = {**JSON, "Origin": origin.format(port=server.port)}
+            status, answer = await _post(server.url, {"sdp": client.localDescription.sdp, "type": "offer"}, headers)
+            assert status == 200 and answer["type"] == "answer"
+        finally:
+            await client.close()
+
+
+def test_signaling_options_are_validated() -> None:
+    with pytest.raises(ValueError, match="connect_timeout must be positive, got 0"):
+        SignalingServer(lambda pc: None, connect_timeout=0)
+    with pytest.raises(TypeError, match="allowed_origins must be a collection"):
+        SignalingServer(lambda pc: None, allowed_origins="https://app.example")
