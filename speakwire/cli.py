@@ -80,6 +80,30 @@ def _cmd_say(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_notice(host: str, url: str, described: str, keyed: bool) -> tuple[str, str | None]:
+    """The serve command's startup line, and a warning (for stderr) when it is open to a network.
+
+    Without a key, a loopback server is open to this host's users only; bound to any other address
+    (``0.0.0.0``, ``::``, a LAN address, a host name), anyone who can reach it may use it.
+    """
+    import ipaddress
+
+    if keyed:
+        return f"speakwire: serving {url} ({described}, API key required)", None
+    try:
+        loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback:
+        return f"speakwire: serving {url} ({described}, no API key: anyone on this host may connect)", None
+    line = f"speakwire: serving {url} ({described}, no API key: ANYONE WHO CAN REACH {host} MAY CONNECT)"
+    warning = (
+        f"speakwire: WARNING: --host {host} is not a loopback address and no API key is set, so any machine"
+        " that can reach this port may use the server; set --api-key (or $SPEAKWIRE_API_KEY), or bind 127.0.0.1"
+    )
+    return line, warning
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
     import contextlib
@@ -110,14 +134,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         engine, described = make_engine()
         try:
             server = TTSServer(args.host, args.port, api_key=api_key, engine=engine,
-                               limits=ServerLimits(idle_timeout=idle))
+                               limits=ServerLimits(idle_timeout=idle), allowed_origins=args.allow_origin)
             await server.start()
             # SIGTERM (service managers, containers) closes connections cleanly, like Ctrl-C.
             stop = asyncio.Event()
             with contextlib.suppress(NotImplementedError):
                 asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-            auth = "API key required" if api_key else "no API key: anyone on this host may connect"
-            print(f"speakwire: serving {server.url} ({described}, {auth})", flush=True)
+            line, warning = _serve_notice(args.host, server.url, described, api_key is not None)
+            if warning is not None:
+                print(warning, file=sys.stderr, flush=True)
+            print(line, flush=True)
             try:
                 await stop.wait()
             finally:
@@ -137,6 +163,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from speakwire.plugin.demo.app import main_serve
 
     return main_serve(args.host, 8080 if args.port is None else args.port)
+
+
+def _origin(value: str) -> str:
+    from speakwire.server.auth import normalize_origin
+
+    try:
+        return normalize_origin(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -167,6 +202,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="require this key (default: $SPEAKWIRE_API_KEY; unset: no key needed)")
     p.add_argument("--idle-timeout", type=float, default=300.0,
                    help="close connections idle this many seconds (default 300; 0: never)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="URL", type=_origin,
+                   help="let web pages from this origin (like https://app.example.com) connect; repeatable."
+                        " Browser pages are refused by default")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("demo", help="the voice-agent demo: a page served on this host, or --headless into a WAV")

@@ -37,7 +37,13 @@ Wire behaviour, decided where the protocol is silent:
   speed), ``<prosody rate>`` and ``<speed ratio>`` change the speed of their text, ``<spell>``
   spells characters out, ``<emotion>`` is accepted and ignored (espeak has no emotions).
 - ``language`` (fixed by a context's first request) picks the espeak-ng voice for that language
-  (``zh`` is ``cmn``; 422 if espeak has none); ``voice`` and ``model_id`` are accepted and ignored.
+  (``zh`` is ``cmn``, ``pt_BR`` is ``pt-br``; 422 if espeak has none); anything but a language code
+  such as ``en``, ``pt-BR``, ``es-419`` is a 422 in any push, since espeak would open a voice name
+  that is a path. ``voice`` and ``model_id`` are accepted and ignored.
+- ``<break>`` silence is bounded per message and per context (:class:`ServerLimits`, 413): a
+  short transcript of many breaks would otherwise ask for hours of audio.
+- Handshakes: web pages (an ``Origin`` header) get 403 unless their origin is allowed; beyond
+  :attr:`ServerLimits.max_connections` open connections, 503.
 - Word timestamps are seconds from the start of the context, mapped through the stretcher's time
   map, punctuation attached to its word, sent after the audio of their sentence.
 """
@@ -49,10 +55,11 @@ import contextlib
 import functools
 import http
 import logging
+import math
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -60,6 +67,7 @@ import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from speakwire.dsp.pcm import encode as encode_pcm
 from speakwire.dsp.resample import StreamResampler
@@ -77,7 +85,7 @@ from speakwire.protocol.messages import (
     decode_request,
     encode,
 )
-from speakwire.server.auth import TTS_PATH, RedactingLogger, admit
+from speakwire.server.auth import TTS_PATH, RedactingLogger, admit, normalize_origin
 from speakwire.server.engine import (
     AudioEvent,
     EndEvent,
@@ -111,8 +119,12 @@ class ServerLimits:
     ``max_message_bytes``: one client frame (413). ``max_transcript_chars``: one message's
     transcript (413); ``max_context_chars``: everything pushed to one context (413).
     ``max_context_id_length``: (413). ``max_contexts``: contexts open at once on one connection
-    (429). ``idle_timeout``: seconds without a client message, while no context has anything left
-    to say, before the connection is closed (``None``: never).
+    (429). ``max_connections``: WebSocket connections open at once on the server (503 at the
+    handshake). ``max_break_seconds_per_push`` and ``max_break_seconds_per_context``: the
+    ``<break>`` silence one message, and one context in all, may ask for (413): each tag is
+    bounded by the markup parser, but a transcript of a thousand tags would otherwise turn 20 KB
+    into hours of audio. ``idle_timeout``: seconds without a client message, while no context
+    has anything left to say, before the connection is closed (``None``: never).
     """
 
     max_message_bytes: int = 256 * 1024
@@ -120,6 +132,9 @@ class ServerLimits:
     max_context_chars: int = 200_000
     max_context_id_length: int = 256
     max_contexts: int = 64
+    max_connections: int = 256
+    max_break_seconds_per_push: float = 30.0
+    max_break_seconds_per_context: float = 120.0
     idle_timeout: float | None = 300.0
 
     def __post_init__(self) -> None:
@@ -129,10 +144,15 @@ class ServerLimits:
             "max_context_chars",
             "max_context_id_length",
             "max_contexts",
+            "max_connections",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ServerLimits.{name} must be a positive int, got {value!r}")
+        for name in ("max_break_seconds_per_push", "max_break_seconds_per_context"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+                raise ValueError(f"ServerLimits.{name} must be a positive number of seconds, got {value!r}")
         if self.idle_timeout is not None and not self.idle_timeout > 0:
             raise ValueError(f"ServerLimits.idle_timeout must be > 0 seconds or None, got {self.idle_timeout!r}")
 
@@ -152,7 +172,11 @@ class TTSServer:
     Use as ``async with TTSServer(port=0) as server: server.url``, or from synchronous code as
     ``url = server.start_in_thread()`` ... ``server.stop()``. ``engine`` defaults to a new
     :class:`~speakwire.server.espeak.EspeakEngine` (closed with the server); an engine passed in
-    stays open. Without ``api_key`` every client is admitted. ``default_max_delay`` is the
+    stays open. Without ``api_key`` every client is admitted. Handshakes from web pages (those
+    with an ``Origin`` header) are refused with 403 unless the origin is in ``allowed_origins``
+    (``"https://app.example.com"``; see :func:`~speakwire.server.auth.normalize_origin`), so a
+    page the user happens to open cannot use the server; such a page still needs the key, as
+    ``?access_token=``, when there is one. ``default_max_delay`` is the
     buffering window (seconds) for contexts that send no ``max_buffer_delay_ms``;
     ``first_unit_words`` releases a context's first unit after that many complete words (``None``
     or ``0``: off; see :class:`~speakwire.server.segmenter.Segmenter`).
@@ -166,6 +190,7 @@ class TTSServer:
         api_key: str | None = None,
         engine: Engine | None = None,
         limits: ServerLimits | None = None,
+        allowed_origins: Iterable[str] = (),
         speed_policy: SpeedPolicy = DEFAULT_POLICY,
         default_max_delay: float = DEFAULT_MAX_DELAY,
         first_unit_words: int | None = FIRST_UNIT_WORDS,
@@ -179,6 +204,10 @@ class TTSServer:
         self.default_max_delay = default_max_delay
         self.first_unit_words = first_unit_words
         self._api_key = api_key or None
+        if isinstance(allowed_origins, str):
+            allowed_origins = (allowed_origins,)
+        #: Origins of the web pages that may connect (normalised); no other page can.
+        self.allowed_origins: tuple[str, ...] = tuple(dict.fromkeys(map(normalize_origin, allowed_origins)))
         self._engine = engine
         self._owns_engine = engine is None
         # espeak voices for other languages, made on first use (handles on the same worker).
@@ -187,6 +216,9 @@ class TTSServer:
         self._thread: threading.Thread | None = None
         self._thread_loop: asyncio.AbstractEventLoop | None = None
         self._connections: set[_Connection] = set()
+        # Admitted handshakes, from process_request until their handler ends: what max_connections
+        # counts (the server's own set only holds connections whose handshake has finished).
+        self._admitted: set[ServerConnection] = set()
         self._log = RedactingLogger(logger, self._api_key)
 
     def __repr__(self) -> str:
@@ -219,14 +251,17 @@ class TTSServer:
         model's language (any region of it: ``en-US``, ``en-GB`` for an English voice); other
         engines take any language. Raises :class:`ProtocolError` (422, field ``language``)
         naming the language and the engine when espeak has no such voice, or Piper's model
-        speaks another language.
+        speaks another language, and for anything that is not a language code (see
+        :func:`_check_language`).
         """
+        _check_language(language)
         engine = self.engine
         if not language:
             return engine
-        code = language.strip().lower()
+        # BCP 47 spells it "pt-BR", ICU and POSIX "pt_BR"; espeak knows only the first.
+        code = language.lower().replace("_", "-")
         if isinstance(engine, PiperEngine):
-            base = _voice_language(code.replace("_", "-"))
+            base = _voice_language(code)
             if _ESPEAK_VOICES.get(base, base) != _ESPEAK_VOICES.get(engine.language, engine.language):
                 raise ProtocolError(
                     f"language {language!r} is not available with the piper engine"
@@ -260,19 +295,29 @@ class TTSServer:
         if self._server is not None:
             return
         _ = self.engine
-        await asyncio.to_thread(_warm_up)
-        self._server = await serve(
-            self._handle,
-            self.host,
-            self.port,
-            process_request=self._process_request,
-            # Frames up to 16x the limit are read and answered with a 413 error frame; beyond
-            # that websockets closes the connection (1009) rather than buffer without bound.
-            max_size=self.limits.max_message_bytes * 16,
-            # Base64 PCM barely compresses; deflate would only add latency and CPU.
-            compression=None,
-            logger=self._log,
-        )
+        try:
+            await asyncio.to_thread(_warm_up)
+            self._server = await serve(
+                self._handle,
+                self.host,
+                self.port,
+                process_request=self._process_request,
+                # None: clients that send no Origin (not a browser page) are welcome; websockets
+                # answers any other origin with 403.
+                origins=[None, *self.allowed_origins],
+                # Frames up to 16x the limit are read and answered with a 413 error frame; beyond
+                # that websockets closes the connection (1009) rather than buffer without bound.
+                max_size=self.limits.max_message_bytes * 16,
+                # Base64 PCM barely compresses; deflate would only add latency and CPU.
+                compression=None,
+                logger=self._log,
+            )
+        except BaseException:
+            # A port in use must not leave our engine's worker running for nobody.
+            if self._owns_engine and self._engine is not None:
+                self._engine.close()
+                self._engine = None
+            raise
         sockname = next(iter(self._server.sockets)).getsockname()
         self.port = int(sockname[1])
 
@@ -380,12 +425,24 @@ class TTSServer:
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         verdict = admit(request.path, request.headers.raw_items(), self._api_key)
-        if verdict.admitted:
-            return None
-        response = connection.respond(http.HTTPStatus(verdict.status), verdict.reason + "\n")
-        if verdict.status == 401:
-            response.headers["WWW-Authenticate"] = 'Bearer realm="speakwire"'
-        return response
+        if not verdict.admitted:
+            response = connection.respond(http.HTTPStatus(verdict.status), verdict.reason + "\n")
+            if verdict.status == 401:
+                response.headers["WWW-Authenticate"] = 'Bearer realm="speakwire"'
+            return response
+        # A handshake refused after this point (bad Origin, malformed upgrade) never reaches
+        # _handle to leave the set: its connection is closed by then.
+        self._admitted = {c for c in self._admitted if c.state is not State.CLOSED}
+        limit = self.limits.max_connections
+        if len(self._admitted) >= limit:
+            response = connection.respond(
+                http.HTTPStatus.SERVICE_UNAVAILABLE,
+                f"Service Unavailable: this server takes at most {limit} connections at once (max_connections)\n",
+            )
+            response.headers["Retry-After"] = "1"
+            return response
+        self._admitted.add(connection)
+        return None
 
     async def _handle(self, websocket: ServerConnection) -> None:
         connection = _Connection(self, websocket)
@@ -394,10 +451,33 @@ class TTSServer:
             await connection.run()
         finally:
             self._connections.discard(connection)
+            self._admitted.discard(websocket)
 
 
 # Cartesia language codes whose espeak-ng voice has another name.
 _ESPEAK_VOICES = {"zh": "cmn"}
+
+# A language code: "en", "pt-BR", "es-419", "zh_Hant", "sr-Latn-RS". ASCII letters spelled out:
+# with re.IGNORECASE, [a-z] would also take "\u017f" and the Kelvin sign.
+_LANGUAGE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*")
+_LANGUAGE_MAX = 35  # BCP 47's recommended longest tag
+
+
+def _check_language(language: str | None) -> None:
+    """Refuse a ``language`` that is not a language code, before it can reach an engine.
+
+    espeak takes a voice name as a path, so a "language" of ``../../dev/zero`` would have it read
+    a device forever on the worker every context shares. Raises :class:`ProtocolError` (422,
+    field ``language``); ``None`` and ``""`` mean no language and pass.
+    """
+    if not language:
+        return
+    if len(language) > _LANGUAGE_MAX or not _LANGUAGE.fullmatch(language):
+        raise ProtocolError(
+            f"language {language[:_LANGUAGE_MAX + 5]!r} is not a language code like 'en', 'pt-BR' or 'es-419'",
+            field="language",
+            status_code=422,
+        )
 
 
 def _voice_language(voice: str) -> str:
@@ -525,6 +605,8 @@ class _Connection:
         try:
             if isinstance(request, GenerationRequest):
                 stream = self.streams.get(context_id)
+                # Later pushes' language is ignored, but a bad one is still refused, not passed over.
+                _check_language(request.language)
                 segments, style = self.parse(request, Style() if stream is None else stream.style)
                 # A context's language is fixed by its first request, like its output format.
                 engine = await self.server._engine_for(request.language) if stream is None else stream.engine
@@ -560,7 +642,17 @@ class _Connection:
             style = Style(1.0 if speed is None else speed, 1.0 if volume is None else volume, carried.emotion)
         elif speed is not None:
             style = replace(carried, speed=speed)
-        return parse_push(request.transcript, style, ratio_policy=self.server.speed_policy)
+        segments, after = parse_push(request.transcript, style, ratio_policy=self.server.speed_policy)
+        limit = self.limits.max_break_seconds_per_push
+        silence = _break_seconds(segments)
+        if silence > limit + _BREAK_SLACK:
+            raise ProtocolError(
+                f"transcript: this message's <break> tags ask for {silence:g} s of silence,"
+                f" over the limit of {limit:g} s per message (max_break_seconds_per_push)",
+                field="transcript",
+                status_code=413,
+            )
+        return segments, after
 
     async def reject(self, context_id: str | None, error: ErrorMessage) -> None:
         """Answer a bad request; it ends its context, and is not sent for a cancelled one."""
@@ -604,6 +696,7 @@ class _Stream:
         self.segmenter = Segmenter(max_delay=delay, first_unit_words=connection.server.first_unit_words)
         self.items: asyncio.Queue[_Item] = asyncio.Queue()
         self.chars = 0
+        self.break_seconds = 0.0  # <break> silence asked for so far
         self.timer: asyncio.TimerHandle | None = None
         self.samples_out = 0  # at the output rate: the context's clock for timestamps
         self.working = False  # an item is being spoken (the queue alone does not show it)
@@ -628,7 +721,17 @@ class _Stream:
                 field="transcript",
                 status_code=413,
             )
+        silence = _break_seconds(segments)
+        limit_s = self.connection.limits.max_break_seconds_per_context
+        if self.break_seconds + silence > limit_s + _BREAK_SLACK:
+            raise ProtocolError(
+                f"transcript: this context's <break> tags would ask for {self.break_seconds + silence:g} s of"
+                f" silence, over the limit of {limit_s:g} s per context (max_break_seconds_per_context)",
+                field="transcript",
+                status_code=413,
+            )
         self.chars += len(request.transcript)
+        self.break_seconds += silence
         self.style = style
         # Sticky: SDK 4.x and pipecat repeat the flags on every push anyway.
         self.add_timestamps = self.add_timestamps or request.add_timestamps
@@ -829,6 +932,15 @@ class _Stream:
                     [seconds(p.end) for p in phonemes],
                 )
             )
+
+
+# Durations such as 0.1 s do not add up exactly in binary: 300 breaks of 100 ms are 30 s.
+_BREAK_SLACK = 1e-6
+
+
+def _break_seconds(segments: list[Segment]) -> float:
+    """The silence a push's ``<break>`` tags ask for, in seconds."""
+    return math.fsum(segment.seconds for segment in segments if isinstance(segment, Break))
 
 
 def _piece_starts(unit: Unit, words: list[WordTiming], rate: int, total: int) -> list[int]:

@@ -8,6 +8,11 @@ not leak how much of a guess was right. The version (``Cartesia-Version`` header
 
 The key travels in the request line for the query forms, so anything that logs the request could
 leak it: :class:`RedactingLogger` scrubs it from every record of the server's logger.
+
+Browsers put an ``Origin`` header on every WebSocket handshake; other clients (the official SDK,
+pipecat, our own) send none. A server without a key would otherwise talk to any web page the
+user opens, so handshakes with an ``Origin`` are refused unless it is on the server's allow-list;
+:func:`normalize_origin` checks an entry of that list.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
 
-__all__ = ["TTS_PATH", "Admission", "RedactingLogger", "admit", "presented_keys"]
+__all__ = ["TTS_PATH", "Admission", "RedactingLogger", "admit", "normalize_origin", "presented_keys"]
 
 #: The one path the server answers on.
 TTS_PATH = "/tts/websocket"
@@ -80,6 +85,42 @@ def admit(path: str, headers: Iterable[tuple[str, str]], api_key: str | None) ->
             "Unauthorized: send the API key as X-API-Key, Authorization: Bearer, ?api_key or ?access_token",
         )
     return Admission(101, "Switching Protocols")
+
+
+def normalize_origin(origin: str) -> str:
+    """An allowed origin as browsers send it: ``scheme://host[:port]``, lower case, no slash.
+
+    ``"https://App.example.com:443/"`` -> ``"https://app.example.com"``. Raises :class:`ValueError`
+    naming the value for anything with a path, query, credentials or no host, which no
+    ``Origin`` header can equal (``"null"``, sent by sandboxed pages and ``file:`` URLs, is refused
+    too: any such page would be let in).
+    """
+    if not isinstance(origin, str):
+        raise ValueError(f"allowed origin must be a string like 'https://app.example.com', got {origin!r}")
+    parts = urlsplit(origin.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (
+        parts.scheme.lower() not in ("http", "https")
+        or not parts.hostname
+        or port == -1
+        or parts.username is not None
+        or parts.password is not None
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        raise ValueError(
+            f"allowed origin {origin!r} is not of the form scheme://host[:port] (like 'https://app.example.com')"
+        )
+    scheme, host = parts.scheme.lower(), parts.hostname
+    host = f"[{host}]" if ":" in host else host
+    # Browsers leave the scheme's default port out of the header.
+    if port is None or (scheme, port) in (("http", 80), ("https", 443)):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
 
 
 class RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]

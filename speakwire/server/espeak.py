@@ -73,7 +73,11 @@ _EVENT_LIST_TERMINATED = 0
 _EVENT_WORD = 1
 _EVENT_PHONEME = 7
 
-_VOICE_NAME = re.compile(r"[A-Za-z0-9_+\-/.]{1,64}")
+# A voice name, optionally with a variant ("en-us", "en-gb-x-rp", "en-us+f3", "en+Mr serious").
+# espeak also takes paths relative to its voices folder ("gmw/en"), and opens whatever they
+# resolve to: "../../dev/zero" spins forever on the one worker thread every engine shares, and
+# other paths tell which files exist. So no "/", "\\" or "." can get in: names only.
+_VOICE_NAME = re.compile(r"[A-Za-z0-9_-]{1,40}(\+[A-Za-z0-9_ -]{1,32})?")
 
 
 class _Event(ctypes.Structure):
@@ -398,7 +402,8 @@ class EspeakEngine(WorkerEngine):
     """espeak-ng as a streaming, cancellable, fair engine (see :class:`speakwire.server.engine.Engine`).
 
     ``voice`` is an espeak-ng voice name (``"en-us"``, ``"en"``, ``"de"``, ``"en-us+f3"``, ...) or a
-    language code (``"en-gb"``, ``"pt-br"``); an unknown one raises :class:`EngineError` here.
+    language code (``"en-gb"``, ``"pt-br"``); an unknown one raises :class:`EngineError` here, and
+    so does a path (anything with ``/``, ``\\`` or ``.``: espeak would open the file it names).
     Engines are cheap handles on one process-wide worker; close them (or use ``with``) when done.
     Jobs stream AudioEvents as espeak produces them (~60 ms each); ``rate_wpm`` (80-450, default
     175) sets espeak's own speaking rate for a job.

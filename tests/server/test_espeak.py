@@ -473,6 +473,37 @@ def test_bad_voice_and_closed_engine() -> None:
         eng.submit("x", owner=1, on_event=Recorder())
 
 
+@pytest.mark.parametrize(
+    "voice",
+    ["../../../../../../../../../../dev/zero", "/dev/zero", "gmw/en", "en\\us", "..", "en.us", "en-us+../../x",
+     "x" * 65],
+)
+def test_a_voice_name_that_is_a_path_is_refused_before_espeak_opens_it(voice: str) -> None:
+    # espeak opens a voice name as a file under its data folder: /dev/zero spun forever on the
+    # worker every engine shares, and other paths told which files exist.
+    outcome: list[BaseException | EspeakEngine] = []
+
+    def make() -> None:
+        try:
+            outcome.append(EspeakEngine(voice))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=make, daemon=True)
+    thread.start()
+    thread.join(5)
+    assert not thread.is_alive(), "the espeak worker hung on the voice"
+    assert isinstance(outcome[0], EngineError) and "invalid espeak voice" in str(outcome[0]), outcome
+
+
+@pytest.mark.parametrize(
+    ("voice", "text"), [("en-us+f3", "Hello."), ("en-gb-x-rp", "Good evening."), ("cmn", "ni hao")]
+)
+def test_voice_names_with_variants_and_regions_still_work(voice: str, text: str) -> None:
+    with EspeakEngine(voice) as eng:
+        assert eng.synthesize(text).duration > 0.3
+
+
 def test_engine_restarts_in_one_process() -> None:
     # In a fresh interpreter: the worker stops with the last engine and a new one starts it again.
     code = (
