@@ -40,7 +40,17 @@ Decisions where pipecat or the issue is silent:
   transport on the next push. Categories keep pipecat from writing the service off for a bad
   speed or tag (``APPLICATION``), a dropped socket (``CONNECTIVITY``) or a server failure
   (``SERVER``); rejected credentials are ``AUTHENTICATION`` (permanent, as pipecat intends).
-- Voice, model and language changes apply from the next turn (the open context keeps its own).
+- **Voice, model or language changed mid-turn** (``TTSUpdateSettingsFrame``), as pipecat's
+  ``CartesiaTTSService`` does: the turn's context is finalised (``continue: false``, so the text
+  already pushed is still spoken and its words reported as heard) and the rest of the turn goes
+  on a new context with the new settings; each context is its own pipecat audio context, so
+  the turn has one ``TTSStartedFrame``/``TTSStoppedFrame`` pair per context, as pipecat's has.
+  The rest of the turn keeps the turn's speed (a ``TurnSpeedFrame`` override included) and any
+  text the markup parser still holds (a ``<prosody>`` span open across the switch is spoken,
+  whole, on the new context, though pipecat's word sequencer, which filed that text under the
+  old context, may then leave some of its words unreported); speed switches scheduled on the
+  old context stay with its audio.
+  Barge-in cancels every context of the turn still generating.
 - Text outside any reply (a bare ``TextFrame``) is spoken as an utterance of its own and its
   context closed at once, instead of staying open until pipecat's 3 s audio timeout.
 - A malformed tag is reported once per turn and dropped; the text around it is still spoken (a
@@ -63,6 +73,7 @@ from pipecat.frames.frames import (
     CancelFrame,
     EndFrame,
     Frame,
+    InterruptionFrame,
     StartFrame,
     TTSAudioRawFrame,
     TTSStoppedFrame,
@@ -109,6 +120,17 @@ _PROSODY_TAG = re.compile(r"</?prosody\b[^>]*>")
 
 
 @dataclass(eq=False)
+class _Carry:
+    """What the rest of a turn takes to the new context opened by a mid-turn settings change."""
+
+    speed: float
+    override: bool
+    markup: MarkupStream
+    held: int
+    speed_sent: bool
+
+
+@dataclass(eq=False)
 class _Turn:
     """One context's sending and receiving state."""
 
@@ -124,6 +146,7 @@ class _Turn:
     failed: bool = False
     interrupted: bool = False
     markup_errors: int = 0
+    held: int = 0  # characters fed to ``markup`` and not yet released by it
     speed_sent: bool = False
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -234,6 +257,8 @@ class SpeakwireTTSService(TTSService):
         # for the next token).
         self._dead: set[str] = set()
         self._pending_turn_speed: float | None = None
+        # Turn contexts opened by a voice/model/language change, not yet given any text.
+        self._carried: dict[str, _Carry] = {}
 
     # --- public -------------------------------------------------------------------------------
 
@@ -310,6 +335,7 @@ class SpeakwireTTSService(TTSService):
         await self._shutdown()
 
     async def _shutdown(self) -> None:
+        self._carried.clear()
         for turn in list(self._turns.values()):
             await self._abort(turn)
         self._turns.clear()
@@ -340,14 +366,18 @@ class SpeakwireTTSService(TTSService):
             await self._report(f"invalid turn speed: {exc}", ErrorCategory.APPLICATION, exc)
             return
         turn = self._turns.get(self._turn_context_id or "")
+        carry = self._carried.get(self._turn_context_id or "")
         if turn is not None and not turn.closed:
             turn.speed, turn.override = value, True
+        elif carry is not None:
+            carry.speed, carry.override = value, True
         else:
             self._pending_turn_speed = value
 
     async def _update_settings(self, delta: CartesiaTTSSettings) -> dict[str, Any]:
         """Apply a settings delta; a ``generation_config.speed`` is validated first and applied
-        from the next pushed text on (an invalid one is reported and left out)."""
+        from the next pushed text on (an invalid one is reported and left out). A voice, model or
+        language change in a turn moves the rest of the turn to a new context."""
         new_speed: float | None = None
         config = getattr(delta, "generation_config", None)
         if is_given(config) and isinstance(config, GenerationConfig) and config.speed is not None:
@@ -362,7 +392,52 @@ class SpeakwireTTSService(TTSService):
             for turn in self._turns.values():
                 if not turn.override and not turn.closed:
                     turn.speed = new_speed
+            for carry in self._carried.values():
+                if not carry.override:
+                    carry.speed = new_speed
+        if changed.keys() & {"voice", "model", "language"} and self._turn_context_id:
+            await self._switch_turn_context(self._turn_context_id)
         return changed
+
+    async def _switch_turn_context(self, context_id: str) -> None:
+        """Finalise the turn's context ``context_id``; the rest of the turn gets a new one."""
+        # As pipecat does: the sentence pending in the sequencer is closed on the old context,
+        # so the words already pushed there are matched to its audio.
+        await self._push_sequencer_frames(await self._aggregated_frame_sequencer.finalize(context_id), context_id)
+        turn = self._turns.get(context_id)
+        carry = self._carried.pop(context_id, None)
+        if turn is not None and not turn.closed:
+            if turn.failed:
+                carry = _Carry(turn.speed, turn.override, MarkupStream(), 0, turn.speed_sent)
+            else:  # held text goes on with the rest of the turn
+                carry = _Carry(turn.speed, turn.override, turn.markup, turn.held, turn.speed_sent)
+            turn.markup = MarkupStream()
+            if turn.held and not turn.failed:
+                # pipecat registered the held text on this context: it must not be reported as
+                # heard here (the sequencer cannot move it; its words on the new context may
+                # go unreported, never falsely reported).
+                self._lossy.add(context_id)
+        await self.flush_audio(context_id)
+        self._turn_context_id = None
+        self._turn_context_id = self.create_context_id()
+        if carry is not None:
+            self._carried[self._turn_context_id] = carry
+
+    async def on_turn_context_completed(self) -> None:
+        """End the turn; a context switched to but never given text ends with it."""
+        carry = self._carried.pop(self._turn_context_id or "", None)
+        if carry is not None:
+            # Only held markup can be left: an unclosed span is reported as in any turn.
+            try:
+                carry.markup.end()
+            except MarkupError as exc:
+                await self._report(f"malformed markup in TTS text: {exc}", ErrorCategory.APPLICATION, exc)
+        await super().on_turn_context_completed()
+
+    async def _handle_interruption(self, frame: InterruptionFrame, direction: FrameDirection) -> None:
+        await super()._handle_interruption(frame, direction)
+        # The turn is over (unless pipecat kept it, uninterruptible): so are its pending contexts.
+        self._carried = {k: v for k, v in self._carried.items() if k == self._turn_context_id}
 
     # --- sending ------------------------------------------------------------------------------
 
@@ -379,8 +454,10 @@ class SpeakwireTTSService(TTSService):
             try:
                 pieces = turn.markup.feed(text)
             except MarkupError as exc:
+                turn.held = 0
                 await self._markup_failed(turn, exc)
             else:
+                turn.held += len(text) - sum(len(piece.text) for piece in pieces)
                 await self._push_pieces(turn, pieces)
             if context_id != self._turn_context_id:
                 # Text outside any reply (e.g. stray tokens after an interruption) gets a context
@@ -423,7 +500,10 @@ class SpeakwireTTSService(TTSService):
     async def _open_turn(self, context_id: str) -> _Turn | None:
         speed = self._speed
         override = self._pending_turn_speed is not None
-        if self._pending_turn_speed is not None:
+        carry = self._carried.pop(context_id, None)
+        if carry is not None:
+            speed, override = carry.speed, carry.override
+        elif self._pending_turn_speed is not None:
             speed, self._pending_turn_speed = self._pending_turn_speed, None
         if self._connection is None:
             self._lossy.add(context_id)
@@ -454,6 +534,8 @@ class SpeakwireTTSService(TTSService):
             await self._report_exception(exc)
             return None
         turn = _Turn(ctx=ctx, audio=audio, markup=MarkupStream(), speed=speed, override=override, applied=speed)
+        if carry is not None:
+            turn.markup, turn.held, turn.speed_sent = carry.markup, carry.held, carry.speed_sent
         self._turns[context_id] = turn
         turn.task = self.create_task(self._receive(turn), name=f"speakwire-turn-{context_id}")
         return turn
@@ -520,9 +602,9 @@ class SpeakwireTTSService(TTSService):
             async for event in turn.ctx:
                 if event.type == "chunk":
                     await self._emit_audio(context_id, turn.audio.audio(event.audio))
-                    await self._emit_words(context_id, turn.audio.words([], []))
+                    await self._emit_words(context_id, turn.audio.words((), ()))  # words now heard
                 elif event.type == "timestamps":
-                    await self._emit_words(context_id, turn.audio.words(list(event.words), list(event.start)))
+                    await self._emit_words(context_id, turn.audio.words(event.words, event.start))
                 elif event.type == "flush_done":
                     turn.audio.flush_done(event.flush_id)
         except (ServerError, TTSConnectionError, ProtocolError) as exc:

@@ -13,18 +13,28 @@ event stream carries and forwards what comes out, so every timing rule is a plai
 - **Word timestamps** arrive in the server's (unstretched) time; they are mapped through the
   stretcher's time map, and a word is released only once the audio where it starts has been
   returned, so a word is never reported before (or without) its audio.
+
+Every chunk of every turn passes through here, so the per-chunk path avoids what it can: no
+copy of the wire bytes (a sample split across chunks aside), ``pcm_f32le`` decoded and
+quantised with one temporary array each, no resampler at all when the rates match. The output
+is bit-identical to that of :func:`~speakwire.dsp.pcm.decode` then
+:func:`~speakwire.dsp.pcm.float_to_s16`, and NaN on the wire raises decode's error.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-from speakwire.dsp.pcm import decode, float_to_s16
+from speakwire.dsp.pcm import decode
 from speakwire.dsp.resample import StreamResampler
 from speakwire.dsp.speed import DEFAULT_POLICY, SpeedPolicy
 from speakwire.dsp.wsola import Stretcher
 
 __all__ = ["TurnAudio"]
+
+_S16_SCALE = np.float32(32768.0)
 
 
 class TurnAudio:
@@ -48,7 +58,8 @@ class TurnAudio:
         self.wire_rate = wire_rate
         self.out_rate = out_rate
         self._stretcher = Stretcher(wire_rate, speed, policy) if speed is not None else None
-        self._resampler = StreamResampler(wire_rate, out_rate)
+        # Equal rates: the resampler would only copy.
+        self._resampler = StreamResampler(wire_rate, out_rate) if wire_rate != out_rate else None
         self._partial = b""
         self._width = 4 if encoding == "pcm_f32le" else 2 if encoding == "pcm_s16le" else 1
         self._scheduled: dict[int, float] = {}
@@ -96,20 +107,31 @@ class TurnAudio:
 
     def audio(self, data: bytes) -> bytes:
         """Convert one chunk of wire audio; returns the s16le bytes ready now (possibly empty)."""
-        self._received = self._received or bool(data)
-        data = self._partial + data
+        if data:
+            self._received = True
+        if self._partial:
+            data = self._partial + data
         whole = len(data) - len(data) % self._width
-        self._partial = data[whole:]
-        samples = decode(data[:whole], self.encoding)
+        view: bytes | memoryview = data
+        if whole != len(data):
+            self._partial = bytes(data[whole:])
+            view = memoryview(data)[:whole]
+        else:
+            self._partial = b""
+        samples = self._decode(view)
         if self._stretcher is not None:
             samples = self._stretcher.process(samples)
-        return self._out(self._resampler.process(samples))
+        if self._resampler is not None:
+            samples = self._resampler.process(samples)
+        return self._out(samples)
 
-    def words(self, words: list[str], starts: list[float]) -> list[tuple[str, float]]:
+    def words(self, words: Sequence[str], starts: Sequence[float]) -> list[tuple[str, float]]:
         """Take the server's word timestamps; return those whose audio has been returned.
 
         Times are seconds from the start of the turn's audio as this object outputs it.
         """
+        if not words and not self._pending_words:
+            return []
         for word, start in zip(words, starts, strict=False):
             mapped = self._stretcher.output_time(start) if self._stretcher is not None else float(start)
             self._pending_words.append((word, max(mapped, 0.0)))
@@ -123,8 +145,9 @@ class TurnAudio:
         tail = np.empty(0, np.float32)
         if self._stretcher is not None:
             tail = self._stretcher.flush()
-        pcm = self._out(np.concatenate((self._resampler.process(tail), self._resampler.flush())))
-        return pcm, self._release(final=True)
+        if self._resampler is not None:
+            tail = np.concatenate((self._resampler.process(tail), self._resampler.flush()))
+        return self._out(tail), self._release(final=True)
 
     def discard_words(self) -> int:
         """Forget the words held back (their audio will never play); returns how many."""
@@ -132,9 +155,31 @@ class TurnAudio:
         self._pending_words.clear()
         return count
 
+    def _decode(self, data: bytes | memoryview) -> np.ndarray:
+        if self.encoding != "pcm_f32le":
+            return decode(data, self.encoding)
+        # decode()'s result (NaN raises; the rest clipped to [-1, 1]) with one array, not three.
+        # (np.clip costs more in Python overhead than the two ufuncs do on a chunk.)
+        samples = np.maximum(np.frombuffer(data, "<f4"), -1.0)
+        np.minimum(samples, 1.0, out=samples)
+        if np.isnan(np.add.reduce(samples)):  # the clipped values are finite unless NaN
+            return decode(data, self.encoding)  # raises AudioFormatError naming the sample
+        return samples
+
     def _out(self, samples: np.ndarray) -> bytes:
-        self._emitted += len(samples)
-        return float_to_s16(samples).astype("<i2").tobytes() if len(samples) else b""
+        count = len(samples)
+        if not count:
+            return b""
+        self._emitted += count
+        # float_to_s16 with one temporary: scaling by 2**15 is exact, and clipping to
+        # [-32768, 32767] before rounding gives its clip-round-cap result. No NaN check: the
+        # samples are finite by construction (decoding rejects NaN, the stretcher any
+        # non-finite input, and the rest come from tables or soxr on finite input).
+        scaled = samples * _S16_SCALE
+        np.maximum(scaled, -32768.0, out=scaled)
+        np.minimum(scaled, 32767.0, out=scaled)
+        np.rint(scaled, out=scaled)
+        return scaled.astype("<i2").tobytes()
 
     def _release(self, *, final: bool) -> list[tuple[str, float]]:
         if final:

@@ -27,12 +27,15 @@ class RecordingProxy:
     """A loopback WebSocket relay that records every JSON message a client sends to ``upstream``.
 
     It lets a test assert on exactly what went over the wire (one message per token,
-    ``continue`` flags, flushes, cancels) while the real server does the speaking.
+    ``continue`` flags, flushes, cancels) while the real server does the speaking. ``log`` keeps
+    both directions in the order the proxy saw them, as ``("sent" | "received", context_id,
+    what)``: a sent message's fields, or a received message's ``type``.
     """
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.sent: list[dict[str, Any]] = []
+        self.log: list[tuple[str, str | None, Any]] = []
         self._server: Server | None = None
 
     @property
@@ -55,12 +58,17 @@ class RecordingProxy:
 
             async def down() -> None:
                 async for message in upstream:
+                    if isinstance(message, str):
+                        received = json.loads(message)
+                        self.log.append(("received", received.get("context_id"), received.get("type")))
                     await client.send(message)
 
             task = asyncio.create_task(down())
             try:
                 async for message in client:
-                    self.sent.append(json.loads(message))
+                    sent = json.loads(message)
+                    self.sent.append(sent)
+                    self.log.append(("sent", sent.get("context_id"), sent))
                     await upstream.send(message)
             finally:
                 task.cancel()

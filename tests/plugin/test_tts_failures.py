@@ -172,3 +172,37 @@ async def test_server_error_frame_is_reported_and_a_fixed_turn_speaks(server: TT
     assert error.startswith("TTS server error: context ") and "language 'tlh' is not available" in error
     [spoken] = context_ids(down)
     assert words_of(down) == words_of(down, spoken) == "".join(SENTENCE_1).split()
+
+
+async def test_interruption_after_a_mid_turn_language_change_cancels_both_contexts(server: TTSServer) -> None:
+    change = TTSUpdateSettingsFrame(delta=SpeakwireTTSService.Settings(language="de"))
+    frames = [
+        LLMFullResponseStartFrame(),
+        *(LLMTextFrame(t) for t in [*SENTENCE_1, *LONG]),
+        change,  # the rest of the turn goes on a German context
+        *(LLMTextFrame(t) for t in [*LONG, " Zebras", " gallop"]),
+        SleepFrame(sleep=0.2),
+        InterruptionFrame(),
+        *turn(SENTENCE_1),
+    ]
+    async with RecordingProxy(server.url) as proxy:
+        down, up = await speak(service(proxy.url), frames)
+    assert errors(up) == []
+    old, new, following = dict.fromkeys(m["context_id"] for m in proxy.sent)
+    assert {m["language"] for m in proxy.for_context(new) if "transcript" in m} == {"de"}
+    cut = next(i for i, f in enumerate(down) if isinstance(f, InterruptionFrame))
+    # Nothing of either context of the interrupted turn after the interruption.
+    assert not [f for f in down[cut:] if isinstance(f, TTSAudioRawFrame) and f.context_id in (old, new)]
+    # Every context of the turn still generating was cancelled: the new one (18 s of German
+    # just pushed), and the old one unless the server had already finished it.
+    assert proxy.for_context(new)[-1] == {"context_id": new, "cancel": True}
+    first_cancel = next(i for i, (way, _, m) in enumerate(proxy.log) if way == "sent" and m.get("cancel"))
+    old_done = ("received", old, "done") in proxy.log[:first_cancel]
+    assert old_done or proxy.for_context(old)[-1] == {"context_id": old, "cancel": True}
+    # Words only as heard, on the context that spoke them.
+    for context_id, text in ((old, SENTENCE_1 + LONG), (new, LONG)):
+        heard, spoken = words_of(down, context_id), "".join(text).split()
+        assert heard == spoken[: len(heard)]
+    assert "Zebras" not in words_of(down)
+    assert_speech(audio_of(down, following), "".join(SENTENCE_1))
+    assert words_of(down, following) == "".join(SENTENCE_1).split()

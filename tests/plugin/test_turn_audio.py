@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from speakwire.dsp.pcm import encode, float_to_s16
-from speakwire.errors import InvalidSpeedError
+from speakwire.dsp.pcm import decode, encode, float_to_s16
+from speakwire.errors import AudioFormatError, InvalidSpeedError
 from speakwire.plugin import TurnAudio
 from speakwire.protocol.messages import ENCODINGS, SAMPLE_RATES
 
@@ -93,3 +93,24 @@ def test_invalid_scheduled_speed_raises_at_once() -> None:
         audio.schedule(1, 4.0)
     with pytest.raises(InvalidSpeedError, match="finite"):
         audio.set_speed(float("inf"))
+
+
+def test_fast_paths_are_bit_identical_to_decode_then_float_to_s16() -> None:
+    """TurnAudio converts f32 itself (fewer copies): same bytes as the reference functions."""
+    edges = np.array([0.0, -0.0, 1.0, -1.0, 1.5, -7.0, np.inf, -np.inf, 32767.4 / 32768, 32767.5 / 32768,
+                      32766.5 / 32768, -32767.5 / 32768, 0.5 / 32768, 1.5 / 32768, -2.5 / 32768, 3e38], np.float32)
+    rng = np.random.default_rng(5)
+    x = np.concatenate((edges, rng.uniform(-1.2, 1.2, 4001).astype(np.float32)))
+    data = encode(x, "pcm_f32le")
+    expected = float_to_s16(decode(data, "pcm_f32le")).astype("<i2").tobytes()
+    for chunk in (1, 4, 999, len(data)):
+        assert feed(TurnAudio("pcm_f32le", 24000, 24000, speed=None), data, chunk) == expected
+    # Stretching at 1.0 is the identity: the same bytes through the stretcher too.
+    assert feed(TurnAudio("pcm_f32le", 16000, 16000, speed=1.0), data, 998) == expected
+
+
+def test_nan_on_the_wire_raises_decodes_error() -> None:
+    audio = TurnAudio("pcm_f32le", 24000, 24000, speed=1.0)
+    bad = np.array([0.1, np.nan, 0.2], "<f4").tobytes()
+    with pytest.raises(AudioFormatError, match=r"samples contain NaN \(1 of 3, first at index 1\)"):
+        audio.audio(bad)
