@@ -18,12 +18,11 @@ user opens, so handshakes with an ``Origin`` are refused unless it is on the ser
 from __future__ import annotations
 
 import hmac
-import logging
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
+from urllib.parse import parse_qsl, urlsplit
+
+from speakwire.redact import RedactingLogger
 
 __all__ = ["TTS_PATH", "Admission", "RedactingLogger", "admit", "normalize_origin", "presented_keys"]
 
@@ -121,43 +120,3 @@ def normalize_origin(origin: str) -> str:
     if port is None or (scheme, port) in (("http", 80), ("https", 443)):
         return f"{scheme}://{host}"
     return f"{scheme}://{host}:{port}"
-
-
-class RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """A logger that replaces ``secret`` with ``***`` in every message it emits.
-
-    The URL-encoded forms are scrubbed too: a key with ``+`` or ``/`` reaches the request line
-    percent-encoded. Tracebacks are reduced to the exception's type and scrubbed text, since a
-    frame's locals or the request line could quote the key.
-    """
-
-    def __init__(self, logger: logging.Logger, secret: str | None) -> None:
-        super().__init__(logger, {})
-        # Longest first, so that no form is left half replaced by a shorter one.
-        forms = {secret, quote(secret, safe=""), quote_plus(secret)} if secret else set()
-        self._forms = sorted(forms, key=len, reverse=True)
-
-    def _scrub(self, text: str) -> str:
-        for form in self._forms:
-            text = text.replace(form, "***")
-        return text
-
-    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
-        """Log with the secret scrubbed from the fully formatted message."""
-        if not self.isEnabledFor(level):
-            return
-        if self._forms:
-            try:
-                text = str(msg) % args if args else str(msg)
-            except (TypeError, ValueError):
-                text = " ".join([str(msg), *map(str, args)])
-            exc_info = kwargs.pop("exc_info", None)
-            if exc_info:
-                if exc_info is True:
-                    exc_info = sys.exc_info()
-                if isinstance(exc_info, BaseException):
-                    exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
-                if isinstance(exc_info, tuple) and exc_info[1] is not None:
-                    text = f"{text}: {type(exc_info[1]).__name__}: {exc_info[1]}"
-            msg, args = self._scrub(text), ()
-        self.logger.log(level, msg, *args, **kwargs)

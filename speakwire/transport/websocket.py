@@ -54,14 +54,12 @@ import asyncio
 import contextlib
 import logging
 import random
-import sys
-import traceback
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias
-from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.client import process_exception as websockets_process_exception
@@ -92,6 +90,7 @@ from speakwire.protocol.messages import (
     decode_response,
     encode,
 )
+from speakwire.redact import REDACTED, RedactingLogger, scrub, secret_forms
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -119,7 +118,6 @@ DEFAULT_QUEUE_BYTES: Final = 4 * 1024 * 1024
 TTSEvent: TypeAlias = Chunk | WordTimestamps | PhonemeTimestamps | FlushDone
 
 _QUERY_SECRETS: Final = frozenset({"api_key", "access_token"})
-_REDACTED: Final = "***"
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,41 +187,6 @@ class ConnectionStats:
         return self.late + self.unknown
 
 
-class _RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """Scrubs the API key from a record's message and arguments before it is formatted."""
-
-    def __init__(self, target: logging.Logger, secrets: tuple[str, ...]) -> None:
-        super().__init__(target, {})
-        self._secrets = secrets
-
-    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
-        if not self.isEnabledFor(level):
-            return
-        if self._secrets:
-            try:
-                text = str(msg) % args if args else str(msg)
-            except (TypeError, ValueError):
-                text = " ".join(map(str, (msg, *args)))
-            # An exception's text can quote the handshake URL: format the traceback here and
-            # scrub it with the message, instead of letting the handler format it unscrubbed.
-            exc_info = kwargs.pop("exc_info", None)
-            if exc_info:
-                if exc_info is True:
-                    exc_info = sys.exc_info()
-                if isinstance(exc_info, BaseException):
-                    exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
-                if isinstance(exc_info, tuple) and exc_info[1] is not None:
-                    text = text + "\n" + "".join(traceback.format_exception(*exc_info)).rstrip("\n")
-            msg, args = _scrub(text, self._secrets), ()
-        super().log(level, msg, *args, **kwargs)
-
-
-def _scrub(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, _REDACTED)
-    return text
-
-
 def _secrets_of(url: str, api_key: str | None) -> tuple[str, ...]:
     """The API key and any credential a caller wrote into the URL (query key, userinfo), each also
     in the percent-encoded forms a URL carries it in (a key with ``/``, ``+`` or ``=`` is logged
@@ -234,19 +197,17 @@ def _secrets_of(url: str, api_key: str | None) -> tuple[str, ...]:
         found.append(parts.password)
     if api_key:
         found.append(api_key)
-    forms = {form for secret in found for form in (secret, quote(secret), quote(secret, safe=""), quote_plus(secret))}
-    # Longest first, so a secret containing another is replaced whole.
-    return tuple(sorted(forms, key=len, reverse=True))
+    return secret_forms(found)
 
 
 def _redact_url(url: str, secrets: tuple[str, ...]) -> str:
     """``url`` with credential query values and any userinfo replaced by ``***``."""
     parts = urlsplit(url)
-    query = [(k, _REDACTED if k in _QUERY_SECRETS else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    query = [(k, REDACTED if k in _QUERY_SECRETS else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
     netloc = parts.netloc
     if "@" in netloc:
-        netloc = _REDACTED + "@" + netloc.rpartition("@")[2]
-    return _scrub(urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="*"), parts.fragment)), secrets)
+        netloc = REDACTED + "@" + netloc.rpartition("@")[2]
+    return scrub(urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="*"), parts.fragment)), secrets)
 
 
 def _size(event: TTSEvent) -> int:
@@ -488,7 +449,7 @@ class TTSConnection:
         self._frame_limits = Limits(max_message_bytes=max_message_bytes)
         self._registry = ContextRegistry("client", Limits(max_open_contexts=max_contexts))
         self._contexts: dict[str, Context] = {}
-        self._log = _RedactingLogger(logger, self._secrets)
+        self._log = RedactingLogger(logger, self._secrets, tracebacks=True)
         self._ws: ClientConnection | None = None
         self._generation = 0
         self._runner: asyncio.Task[None] | None = None
@@ -693,7 +654,7 @@ class TTSConnection:
         text = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, InvalidStatus):
             text = f"HTTP {exc.response.status_code}"
-        return _scrub(text, self._secrets)
+        return scrub(text, self._secrets)
 
     async def _run(self) -> None:
         try:
