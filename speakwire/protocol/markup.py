@@ -284,6 +284,17 @@ class _Lexer:
         self._buf = ""
         self._offset = 0  # absolute position of self._buf[0]
 
+    def pass_plain(self, text: str) -> bool:
+        """Consume ``text`` without tokenizing it if it is one plain run (nothing held, no ``<``).
+
+        Returns False, consuming nothing, otherwise. This is the per-token fast path of a
+        client stream: ``feed`` would yield exactly ``_Run(text)`` for such text.
+        """
+        if self._buf or "<" in text:
+            return False
+        self._offset += len(text)
+        return True
+
     def feed(self, text: str, final: bool) -> Iterator[_Token]:
         """Yield the tokens ``text`` completes; exhaust it. Errors surface in token order, so
         that a fault is reported at the same place whatever the feed boundaries."""
@@ -381,7 +392,10 @@ def _ratio(attr: _Attr, what: str) -> float:
 class _Interpreter:
     """Applies tokens in order: validates nesting and attributes, tracks style, builds segments."""
 
-    def __init__(self, style: Style, policy: SpeedPolicy, ratio_policy: SpeedPolicy) -> None:
+    def __init__(self, style: Style, policy: SpeedPolicy, ratio_policy: SpeedPolicy, *, collect: bool = True) -> None:
+        # A stream only validates and tracks style; building segments there would cost a
+        # string copy per token, quadratic over a long turn.
+        self.collect = collect
         self.style = style
         self.policy = policy
         self.ratio_policy = ratio_policy
@@ -394,7 +408,7 @@ class _Interpreter:
         return (self.prosody is not None) + (self.spell is not None)
 
     def _add_text(self, text: str) -> None:
-        if not text:
+        if not text or not self.collect:
             return
         segment = Text(
             text,
@@ -438,7 +452,8 @@ class _Interpreter:
                 raise MarkupError(
                     f"break time {attr.value!r} is longer than {MAX_BREAK_SECONDS:g}s", attr.value_position
                 )
-            self.segments.append(Break(seconds))
+            if self.collect:
+                self.segments.append(Break(seconds))
         elif tag.name == "speed":
             attr = _attrs(tag, frozenset({"ratio"}), frozenset({"ratio"}))["ratio"]
             try:
@@ -583,7 +598,7 @@ class MarkupStream:
         ratio_policy: SpeedPolicy = CARTESIA_POLICY,
     ) -> None:
         self._lexer = _Lexer()
-        self._interpreter = _Interpreter(style, policy, ratio_policy)
+        self._interpreter = _Interpreter(style, policy, ratio_policy, collect=False)
         self._span: list[str] = []
         self._span_rate: float | None = None
         self._error: MarkupError | None = None
@@ -609,6 +624,9 @@ class MarkupStream:
             raise self._error
         if self._ended:
             raise ContextStateError("MarkupStream.end() was already called")
+        if not final and not self._span and self._lexer.pass_plain(text):
+            # Outside spans, plain text is a piece of its own; the slow path yields the same.
+            return [Piece(text)] if text else []
         try:
             return self._pieces(self._lexer.feed(text, final), final)
         except MarkupError as exc:

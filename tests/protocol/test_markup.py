@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -446,3 +447,41 @@ def test_policy_passed_to_stream(data: st.DataObject, text: str) -> None:
     for piece in feed_all(data.draw(splits(text)), policy=policy):
         if piece.rate is not None:
             assert 0.9 <= piece.rate <= 1.0
+
+
+# --- cost: a long plain turn is fed in linear time ----------------------------------------------
+
+
+def test_stream_feed_is_linear_in_the_number_of_tokens() -> None:
+    # A ratio of two halves of one run, not an absolute time: machines here are shared and noisy.
+    # Building the unused merged text per token made the second half several times dearer.
+    # Best of three fresh streams, so that one preemption by a neighbour cannot fail it.
+    ratios: list[float] = []
+    for _ in range(3):
+        stream = MarkupStream()
+        halves: list[float] = []
+        for _ in range(2):
+            start = time.perf_counter()
+            for _ in range(10_000):
+                assert stream.feed("word ") == [Piece("word ")]
+            halves.append(time.perf_counter() - start)
+        ratios.append(halves[1] / halves[0])
+        if ratios[-1] <= 2.0:
+            break
+    assert min(ratios) <= 2.0, ratios
+
+
+def test_stream_fast_path_keeps_positions_and_held_text() -> None:
+    stream = MarkupStream()
+    assert stream.feed("") == []
+    assert stream.feed("abc ") == [Piece("abc ")]
+    assert stream.feed("<spe") == []  # held: a possible tag start
+    assert stream.feed("ed") == []  # no '<', but text is held, so the slow path decides
+    assert stream.feed(' ratio="1.3"/>x') == [Piece('<speed ratio="1.3"/>x')]
+    assert stream.feed('<prosody rate="slow">a') == []
+    assert stream.feed("b c") == []  # inside a span: no fast path
+    assert stream.feed("</prosody>") == [Piece('<prosody rate="slow">ab c</prosody>', span=True, rate=0.8)]
+    assert stream.feed("0123") == [Piece("0123")]
+    with pytest.raises(MarkupError) as info:
+        stream.feed("</spell>")
+    assert info.value.position == 64  # counted across fast-path tokens too

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 
@@ -659,3 +660,62 @@ def test_fuzz_only_protocol_errors_escape(text: str) -> None:
 def test_fuzz_bytes(data: bytes) -> None:
     with pytest.raises(ProtocolError):
         decode_request(data)
+
+
+# --- chunk data: strict base64, exactly what the former regex pre-check accepted ----------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "AAAA\n",  # trailing newline (a `$` regex would have let it through)
+        "AA\nAA",  # MIME-style line break inside
+        "AA\r\nAA",
+        "AA AA",
+        " AAAA",
+        "AA\tAA",
+        "AAAA-_",  # the URL-safe alphabet
+        "AAé=",  # non-ASCII
+        "AAA",  # missing padding
+        "AA=",
+        "A===",
+        "AA===",  # excess padding
+        "AA==AA==",  # padding in the middle (two concatenated encodings)
+        "=AAA",
+        "AA=A",
+        "AAAA\x00",
+    ],
+)
+def test_chunk_data_rejects_non_strict_base64(data: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode_response(json.dumps({"type": "chunk", "context_id": "c", "data": data}))
+    assert (info.value.status_code, info.value.field, str(info.value)) == (400, "data", "data is not valid base64")
+
+
+@pytest.mark.parametrize(
+    ("data", "audio"),
+    [
+        ("", b""),
+        ("AA==", b"\x00"),
+        ("AAA=", b"\x00\x00"),
+        ("AAAA", b"\x00\x00\x00"),
+        ("+/+/", b"\xfb\xff\xbf"),
+        # CPython's strict mode (and the former ``={0,2}`` regex) tolerate stray padding after a full quantum.
+        ("AAAA=", b"\x00\x00\x00"),
+        ("AAAA==", b"\x00\x00\x00"),
+    ],
+)
+def test_chunk_data_accepts_strict_base64(data: str, audio: bytes) -> None:
+    text = json.dumps({"type": "chunk", "context_id": "c", "data": data})
+    assert decode_response(text) == Chunk("c", audio)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=64), st.integers(0, 100), st.sampled_from(["\n", " ", "\r\n", "-", "_", "é", "\x00", "==="]))
+def test_chunk_data_round_trips_and_any_insertion_is_refused(audio: bytes, where: int, junk: str) -> None:
+    data = base64.b64encode(audio).decode("ascii")
+    assert decode_response(json.dumps({"type": "chunk", "context_id": "c", "data": data})).audio == audio  # type: ignore[union-attr]
+    spoiled = data[: where % (len(data) + 1)] + junk + data[where % (len(data) + 1) :]
+    with pytest.raises(ProtocolError) as info:
+        decode_response(json.dumps({"type": "chunk", "context_id": "c", "data": spoiled}))
+    assert (info.value.status_code, info.value.field) == (400, "data")
