@@ -34,12 +34,14 @@ Decisions where pipecat or the issue is silent:
 - **Words**: only words whose audio was emitted become ``TTSTextFrame``; when a turn fails or
   text is dropped (bad markup), the words the server never spoke are not reported either
   (pipecat would otherwise "force-complete" them into the LLM context).
-- **Errors** (connection, server ``error`` frame, malformed markup, invalid speed) become an
-  upstream ``ErrorFrame`` naming the problem, the turn in question ends with a
-  ``TTSStoppedFrame``, and the next turn starts clean; a lost connection is re-opened by the
-  transport on the next push. Categories keep pipecat from writing the service off for a bad
-  speed or tag (``APPLICATION``), a dropped socket (``CONNECTIVITY``) or a server failure
-  (``SERVER``); rejected credentials are ``AUTHENTICATION`` (permanent, as pipecat intends).
+- **Errors** (connection, server ``error`` frame, a malformed frame from the server, malformed
+  markup, invalid speed) become an upstream ``ErrorFrame`` naming the problem, the turn in
+  question ends with one ``TTSStoppedFrame`` (sent by whichever of the turn's end of input and
+  its receive task comes second), and the next turn starts clean; a lost connection is
+  re-opened by the transport on the next push. Categories keep pipecat from writing the
+  service off for a bad speed or tag (``APPLICATION``), a dropped socket (``CONNECTIVITY``) or
+  a server failure (``SERVER``); rejected credentials are ``AUTHENTICATION`` (permanent, as
+  pipecat intends).
 - **Voice, model or language changed mid-turn** (``TTSUpdateSettingsFrame``), as pipecat's
   ``CartesiaTTSService`` does: the turn's context is finalised (``continue: false``, so the text
   already pushed is still spoken and its words reported as heard) and the rest of the turn goes
@@ -142,7 +144,9 @@ class _Turn:
     applied: float = 1.0  # the speed the stretcher will be at after everything pushed so far
     flushes: int = 0
     pushed: bool = False
-    closed: bool = False
+    closed: bool = False  # the input ended (flush_audio)
+    finished: bool = False  # the receive task is past its last event
+    stopped: bool = False  # the audio context was ended
     failed: bool = False
     interrupted: bool = False
     markup_errors: int = 0
@@ -481,7 +485,7 @@ class SpeakwireTTSService(TTSService):
         if turn is None or turn.closed:
             return
         if turn.failed:
-            turn.closed = True  # its receive task ends the audio context
+            await self._end_input(turn)
             return
         try:
             pieces = turn.markup.end()
@@ -489,13 +493,22 @@ class SpeakwireTTSService(TTSService):
             await self._markup_failed(turn, exc)
             pieces = []
         await self._push_pieces(turn, pieces)
-        turn.closed = True
+        # The awaits above may have let the receive task see the turn fail and finish.
+        await self._end_input(turn)
         if turn.failed:
             return
         try:
             await turn.ctx.no_more_inputs()
         except (TTSConnectionError, ContextStateError, ProtocolError) as exc:
             await self._fail(turn, exc)
+
+    async def _end_input(self, turn: _Turn) -> None:
+        """Mark ``turn``'s input ended; its audio context is ended by whichever of this and the
+        receive task comes second (no await between setting one flag and reading the other)."""
+        turn.closed = True
+        if turn.finished:
+            self._dead.discard(turn.ctx.context_id)
+            await self._stop_turn(turn)
 
     async def _open_turn(self, context_id: str) -> _Turn | None:
         speed = self._speed
@@ -621,15 +634,26 @@ class SpeakwireTTSService(TTSService):
                 await self._report_exception(error)
             self._lossy.add(context_id)
             turn.audio.discard_words()
+            turn.finished = True
             if not turn.closed:
+                # Its input is still open: later text is ignored, and flush_audio (this turn's
+                # or the one under way) ends the audio context.
                 self._dead.add(context_id)
                 return
         else:
             pcm, words = turn.audio.finish()
             await self._emit_audio(context_id, pcm)
             await self._emit_words(context_id, words)
+            turn.finished = True
+        await self._stop_turn(turn)
+
+    async def _stop_turn(self, turn: _Turn) -> None:
+        """End ``turn``'s audio context, once."""
+        if turn.stopped:
+            return
+        turn.stopped = True
         await self.stop_ttfb_metrics()
-        await self._close_audio_context(context_id)
+        await self._close_audio_context(turn.ctx.context_id)
 
     async def _emit_audio(self, context_id: str, pcm: bytes) -> None:
         if pcm:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 from collections.abc import Iterator
@@ -30,12 +31,20 @@ class RecordingProxy:
     ``continue`` flags, flushes, cancels) while the real server does the speaking. ``log`` keeps
     both directions in the order the proxy saw them, as ``("sent" | "received", context_id,
     what)``: a sent message's fields, or a received message's ``type``.
+
+    ``corrupt_chunk=n`` replaces the audio of the first context's ``n``-th chunk (1-based) with
+    text that is not base64, as a broken server would send it; :attr:`corrupted` then names that
+    context and :attr:`chunk_bytes` holds the decoded sizes of its chunks relayed intact before.
     """
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, *, corrupt_chunk: int | None = None) -> None:
         self.upstream = upstream
         self.sent: list[dict[str, Any]] = []
         self.log: list[tuple[str, str | None, Any]] = []
+        self.corrupted: str | None = None
+        self.chunk_bytes: list[int] = []
+        self._corrupt_chunk = corrupt_chunk
+        self._chunks_seen = 0
         self._server: Server | None = None
 
     @property
@@ -61,6 +70,8 @@ class RecordingProxy:
                     if isinstance(message, str):
                         received = json.loads(message)
                         self.log.append(("received", received.get("context_id"), received.get("type")))
+                        if received.get("type") == "chunk":
+                            message = self._maybe_corrupt(received, message)
                     await client.send(message)
 
             task = asyncio.create_task(down())
@@ -74,6 +85,20 @@ class RecordingProxy:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                     await task
+
+    def _maybe_corrupt(self, chunk: dict[str, Any], message: str) -> str:
+        if self._corrupt_chunk is None:
+            return message
+        if self.corrupted is None:
+            self.corrupted = chunk["context_id"]
+        if chunk["context_id"] != self.corrupted:
+            return message
+        self._chunks_seen += 1
+        if self._chunks_seen < self._corrupt_chunk:
+            self.chunk_bytes.append(len(base64.b64decode(chunk["data"])))
+        elif self._chunks_seen == self._corrupt_chunk:
+            return json.dumps({**chunk, "data": "%%% not base64 %%%"})
+        return message
 
     def for_context(self, context_id: str) -> list[dict[str, Any]]:
         """The messages sent for ``context_id``, in order."""

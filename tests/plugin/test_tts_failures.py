@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from pipecat.frames.frames import (
@@ -10,6 +11,7 @@ from pipecat.frames.frames import (
     LLMFullResponseStartFrame,
     LLMTextFrame,
     TTSAudioRawFrame,
+    TTSStoppedFrame,
     TTSUpdateSettingsFrame,
 )
 from pipecat.services.cartesia.tts import GenerationConfig
@@ -20,6 +22,8 @@ from speakwire.server import TTSServer
 from speakwire.server.espeak import EspeakEngine
 from tests.plugin.conftest import RecordingProxy
 from tests.plugin.tts_helpers import (
+    FAST_RECONNECT,
+    RATE,
     SENTENCE_1,
     SENTENCE_2,
     assert_speech,
@@ -29,6 +33,7 @@ from tests.plugin.tts_helpers import (
     seconds,
     service,
     speak,
+    stops,
     turn,
     words_of,
 )
@@ -206,3 +211,82 @@ async def test_interruption_after_a_mid_turn_language_change_cancels_both_contex
     assert "Zebras" not in words_of(down)
     assert_speech(audio_of(down, following), "".join(SENTENCE_1))
     assert words_of(down, following) == "".join(SENTENCE_1).split()
+
+
+class _FlushHeldAtItsPush(SpeakwireTTSService):
+    """Holds ``flush_audio`` inside its push of the released markup until the turn's receive task
+    has ended (on the server's error for that very push): the interleaving in which the receive
+    task finishes first while the input is still open, and ``flush_audio`` resumes second."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.held: str | None = None  # the context held, once
+        self.dead_while_held: set[str] = set()
+        self._flushing = False
+
+    async def flush_audio(self, context_id: str | None = None) -> None:
+        self._flushing = True
+        try:
+            await super().flush_audio(context_id)
+        finally:
+            self._flushing = False
+
+    async def _push_pieces(self, turn: Any, pieces: list[Any]) -> None:
+        await super()._push_pieces(turn, pieces)
+        if self._flushing and pieces and self.held is None and turn.task is not None:
+            self.held = turn.ctx.context_id
+            await asyncio.wait_for(asyncio.shield(turn.task), 5.0)
+            self.dead_while_held = set(self._dead)
+
+
+async def test_server_error_arriving_while_flush_audio_is_suspended_closes_the_context_once(
+    server: TTSServer,
+) -> None:
+    # "<" may begin a tag, so the parser holds it back: nothing reaches the server before
+    # flush_audio releases it, and the server's 422 for the unknown language can only come back
+    # while flush_audio is suspended in that push.
+    fix = TTSUpdateSettingsFrame(delta=SpeakwireTTSService.Settings(language="en"))
+    async with RecordingProxy(server.url) as proxy:
+        tts = _FlushHeldAtItsPush(
+            url=proxy.url, sample_rate=RATE, reconnect=FAST_RECONNECT,
+            settings=SpeakwireTTSService.Settings(language="tlh"),
+        )
+        down, up = await speak(tts, [*turn(["<"]), SleepFrame(sleep=0.3), fix, *turn(SENTENCE_1)])
+    failed = tts.held
+    assert failed is not None, "flush_audio never pushed the held text"
+    # The race happened: the receive task had ended, with the input still open.
+    assert tts.dead_while_held == {failed}
+    assert [m["transcript"] for m in proxy.for_context(failed)] == ["<"]
+    [error] = errors(up)
+    assert error.startswith(f"TTS server error: context {failed!r}: ") and "language 'tlh'" in error, error
+    # Its audio context ended exactly once, and nothing of it is left behind.
+    assert [f.context_id for f in down if isinstance(f, TTSStoppedFrame)].count(failed) == 1
+    assert tts._dead == set() and tts._turns == {}
+    # The next turn is clean: its own context, all its audio and words.
+    [spoken] = context_ids(down)
+    assert spoken != failed
+    assert_speech(audio_of(down, spoken), "".join(SENTENCE_1))
+    assert words_of(down) == words_of(down, spoken) == "".join(SENTENCE_1).split()
+    assert stops(down) == 2
+
+
+async def test_malformed_chunk_fails_the_turn_and_the_next_turn_speaks(server: TTSServer) -> None:
+    async with RecordingProxy(server.url, corrupt_chunk=2) as proxy:
+        down, up = await speak(service(proxy.url), [*turn(SENTENCE_2), SleepFrame(sleep=0.3), *turn(SENTENCE_1)])
+    failed = proxy.corrupted
+    assert failed is not None and len(proxy.chunk_bytes) == 1
+    [error] = errors(up)
+    assert error.startswith(f"TTS error: context {failed!r}: malformed frame: "), error
+    # The transport retired the context and told the server.
+    assert proxy.for_context(failed)[-1] == {"context_id": failed, "cancel": True}
+    # At most the first chunk's audio was played (f32 on the wire, s16 out), and no word beyond it.
+    played = seconds(audio_of(down, failed))
+    assert 0.0 < played <= proxy.chunk_bytes[0] / 4 / RATE
+    heard = words_of(down, failed)
+    assert heard == "".join(SENTENCE_2).split()[: len(heard)] and len(heard) <= 1
+    assert [f.context_id for f in down if isinstance(f, TTSStoppedFrame)].count(failed) == 1
+    # The next turn is clean.
+    following = next(c for c in context_ids(down) if c != failed)
+    assert_speech(audio_of(down, following), "".join(SENTENCE_1))
+    assert words_of(down, following) == "".join(SENTENCE_1).split()
+    assert stops(down) == 2
