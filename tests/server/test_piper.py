@@ -388,7 +388,9 @@ def test_without_the_end_pause_piper_drops_only_the_last_sentences_tail(piper: P
     loud = np.flatnonzero(np.abs(cut.audio) > 0.01)
     assert (len(cut.audio) - 1 - loud[-1]) / RATE < 0.05
     loud = np.flatnonzero(np.abs(whole.audio) > 0.01)
-    assert (len(whole.audio) - 1 - loud[-1]) / RATE > 0.1  # measured 0.13 s
+    # Piper's phoneme lengths are random: its own end pause measured 0.085-0.146 s over many runs,
+    # the cut one 0.02 s every time.
+    assert (len(whole.audio) - 1 - loud[-1]) / RATE > 0.06
     assert [w.word for w in cut.words] == ["The", "weather", "in"]
     assert cut.words[-1].end <= cut.duration and rms(cut.audio) > 0.05
     # Between sentences the pause stays: only the job's end is cut.
